@@ -1,0 +1,3 @@
+from .fame import FAME, fame
+
+__all__ = ['FAME', 'fame']

@@ -1,0 +1,259 @@
+"""Fused FAME: one Triton kernel launch updates many tensors in a single pass over memory.
+
+Each program updates one chunk (BLOCK * ITERS elements) of one tensor. Tensors are reached through
+tables of raw addresses (like CUDA's multi_tensor_apply), so a step costs one launch per
+(device, dtype) group whatever the number of tensors: p, g, m1, m2, m3 and v are read once and
+p, m1, m2, m3 and v written once (44 B/param in fp32). Bias corrections are computed per tensor
+in the kernel from the on-device ``step``, and GradScaler's ``grad_scale``/``found_inf`` are read
+on the device, so a step never syncs with the host.
+
+Under ``TRITON_INTERPRET=1`` (set before this module is imported) the same kernel runs on CPU
+tensors in Triton's interpreter: slow, but it lets CI check the kernel without a GPU.
+"""
+import math
+import os
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, _view_as_real
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is absent
+    triton = None
+
+INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+BLOCK = 1024
+ITERS = 4
+CHUNK = BLOCK * ITERS
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def require_triton() -> None:
+    if triton is None:
+        raise RuntimeError('FAME(fused=True) needs Triton: `pip install triton` (it ships with '
+                           'CUDA builds of PyTorch), or use the default foreach path')
+
+
+if triton is not None:
+    _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16,
+                  torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+
+    @triton.jit
+    def _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n, inv_scale,
+                    lr, beta1, beta2, beta3, beta4, eps, weight_decay, step_size, bc2_sqrt,
+                    CT: tl.constexpr, MASKED: tl.constexpr, AMSGRAD: tl.constexpr,
+                    MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+                    DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr):
+        mask = offs < n if MASKED else None
+        g = tl.load(g_ptr + offs, mask=mask).to(CT)
+        p = tl.load(p_ptr + offs, mask=mask).to(CT)
+        m1 = tl.load(m1_ptr + offs, mask=mask)
+        m2 = tl.load(m2_ptr + offs, mask=mask)
+        m3 = tl.load(m3_ptr + offs, mask=mask)
+        v = tl.load(v_ptr + offs, mask=mask)
+        if HAS_GRAD_SCALE:
+            g = g * inv_scale
+        if MAXIMIZE:
+            g = -g
+        if WEIGHT_DECAY:
+            if DECOUPLED:
+                p = p * (1.0 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m1 = beta1 * m1 + (1.0 - beta1) * g
+        m2 = beta3 * m2 + (1.0 - beta3) * m1
+        m3 = beta4 * m3 + (1.0 - beta4) * m2
+        v = beta2 * v + (1.0 - beta2) * g * g
+        vhat = v
+        if AMSGRAD:
+            vmax = tl.maximum(tl.load(vmax_ptr + offs, mask=mask), v)
+            tl.store(vmax_ptr + offs, vmax, mask=mask)
+            vhat = vmax
+        tema = 3.0 * m1 - 3.0 * m2 + m3
+        if CT == tl.float32:  # IEEE-rounded sqrt and division, not the approximate defaults
+            update = tl.div_rn(tema, tl.div_rn(tl.sqrt_rn(vhat), bc2_sqrt) + eps)
+        else:
+            update = tema / (tl.sqrt(vhat) / bc2_sqrt + eps)
+        p = p - step_size * update
+        tl.store(m1_ptr + offs, m1, mask=mask)
+        tl.store(m2_ptr + offs, m2, mask=mask)
+        tl.store(m3_ptr + offs, m3, mask=mask)
+        tl.store(v_ptr + offs, v, mask=mask)
+        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _fame_kernel(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m1_ptrs, m2_ptrs,
+                     m3_ptrs, v_ptrs, vmax_ptrs, step_ptrs, grad_scale_ptr, found_inf_ptr, hyper,
+                     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, CT: tl.constexpr,
+                     AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                     WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
+                     HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+                     ALIGNED: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(chunk_tensor + pid)
+        start = tl.load(chunk_start + pid)
+        n = tl.load(numels + t)
+        p_ptr = tl.load(p_ptrs + t).to(tl.pointer_type(P_DTYPE))
+        g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(G_DTYPE))
+        m1_ptr = tl.load(m1_ptrs + t).to(tl.pointer_type(CT))
+        m2_ptr = tl.load(m2_ptrs + t).to(tl.pointer_type(CT))
+        m3_ptr = tl.load(m3_ptrs + t).to(tl.pointer_type(CT))
+        v_ptr = tl.load(v_ptrs + t).to(tl.pointer_type(CT))
+        vmax_ptr = v_ptr
+        if AMSGRAD:
+            vmax_ptr = tl.load(vmax_ptrs + t).to(tl.pointer_type(CT))
+        if ALIGNED:  # every base address is 16-byte aligned: allow vector loads
+            p_ptr = tl.multiple_of(p_ptr, 16)
+            g_ptr = tl.multiple_of(g_ptr, 16)
+            m1_ptr = tl.multiple_of(m1_ptr, 16)
+            m2_ptr = tl.multiple_of(m2_ptr, 16)
+            m3_ptr = tl.multiple_of(m3_ptr, 16)
+            v_ptr = tl.multiple_of(v_ptr, 16)
+            vmax_ptr = tl.multiple_of(vmax_ptr, 16)
+        ok = True
+        if HAS_FOUND_INF:
+            ok = tl.load(found_inf_ptr) == 0
+        inv_scale = 1.0
+        if HAS_GRAD_SCALE:
+            inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
+        # Hyper-parameters arrive in fp64 (Triton passes Python floats as fp32).
+        lr = tl.load(hyper + 0)
+        beta1 = tl.load(hyper + 1).to(CT)
+        beta2 = tl.load(hyper + 2).to(CT)
+        beta3 = tl.load(hyper + 3).to(CT)
+        beta4 = tl.load(hyper + 4).to(CT)
+        eps = tl.load(hyper + 5).to(CT)
+        weight_decay = tl.load(hyper + 6).to(CT)
+        # Bias corrections in fp64 from this tensor's step: 1 - beta**t = 1 - exp(t * ln(beta)).
+        step = tl.load(tl.load(step_ptrs + t).to(tl.pointer_type(tl.float32))).to(tl.float64)
+        bc1 = 1.0 - tl.exp(step * tl.load(hyper + 7))
+        bc2 = 1.0 - tl.exp(step * tl.load(hyper + 8))
+        step_size = (lr / bc1).to(CT)
+        bc2_sqrt = tl.sqrt(bc2).to(CT)
+        lr = lr.to(CT)
+        if ok:
+            if start + BLOCK * ITERS <= n:
+                for i in tl.static_range(ITERS):
+                    offs = start + i * BLOCK + tl.arange(0, BLOCK)
+                    _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n,
+                                inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay,
+                                step_size, bc2_sqrt, CT, False, AMSGRAD, MAXIMIZE,
+                                WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE)
+            else:
+                for i in tl.static_range(ITERS):
+                    offs = start + i * BLOCK + tl.arange(0, BLOCK)
+                    _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n,
+                                inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay,
+                                step_size, bc2_sqrt, CT, True, AMSGRAD, MAXIMIZE,
+                                WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE)
+
+
+class _Tables:
+    """Address and chunk tables for one list of tensors, on their device."""
+
+    def __init__(self, device, lists, steps):
+        numels = torch.tensor([t.numel() for t in lists[0]], dtype=torch.int64)
+        chunks = (numels + CHUNK - 1) // CHUNK
+        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
+                                               chunks)
+        first = torch.cumsum(chunks, 0) - chunks
+        chunk_start = (torch.arange(len(chunk_tensor), dtype=torch.int64)
+                       - first[chunk_tensor.long()]) * CHUNK
+        ptrs = [torch.tensor([t.data_ptr() for t in l], dtype=torch.int64) if l else None
+                for l in (*lists, steps)]
+        self.aligned = all(int(x) % 16 == 0 for ptr in ptrs[:-1] if ptr is not None for x in ptr)
+        host = [chunk_tensor, chunk_start, numels, *ptrs]
+        self.grid = (len(chunk_tensor),)
+        self.tensors = [None if h is None else _to_device(h, None, device) for h in host]
+
+
+def _to_device(values, dtype, device) -> Tensor:
+    """Host values to ``device`` without a host sync (through pinned memory on CUDA)."""
+    host = torch.as_tensor(values, dtype=dtype)
+    if device.type == 'cuda':
+        return host.pin_memory().to(device, non_blocking=True)
+    return host
+
+
+# Tables are rebuilt only when some address changes (new grads, new state, params moved).
+_CACHE: 'OrderedDict[tuple, _Tables]' = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def _tables(device, lists, steps) -> _Tables:
+    key = (device, *(tuple(map(Tensor.data_ptr, l)) for l in (*lists, steps)))
+    tables = _CACHE.get(key)
+    if tables is None:
+        tables = _CACHE[key] = _Tables(device, lists, steps)
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return tables
+
+
+def _check_tensors(device, params, grads, exp_avgs) -> None:
+    if device.type != 'cuda' and not (INTERPRET and device.type == 'cpu'):
+        raise RuntimeError(
+            f'FAME(fused=True) runs a Triton kernel on CUDA tensors, but the parameters are on '
+            f'{device.type}. Use the default (foreach) path there; to test the kernel on CPU, '
+            'set TRITON_INTERPRET=1 before importing mmfame.')
+    for name, tensors in (('parameters', params), ('gradients', grads)):
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) != 1 or not dtypes <= set(_FLOAT_DTYPES):
+            raise RuntimeError(f'FAME(fused=True) needs floating-point {name} of one dtype per '
+                               f'group, got {sorted(map(str, dtypes))}')
+    if any(not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
+                and g.shape == p.shape) for p, g, m in zip(params, grads, exp_avgs)):
+        raise RuntimeError('FAME(fused=True) needs contiguous parameters and gradients of '
+                           'the same shape; use foreach=True for strided tensors')
+
+
+def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
+               state_steps, *, grad_scale, found_inf, has_complex, amsgrad, beta1, beta2, beta3,
+               beta4, lr, weight_decay, eps, decoupled_weight_decay, maximize):
+    """Fused FAME step; same arguments as the other implementations in ``fame.py``."""
+    require_triton()
+    if isinstance(lr, Tensor):
+        lr = lr.item()
+    if has_complex:
+        params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs = map(
+            list, (params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs))
+        max_exp_avg_sqs = list(max_exp_avg_sqs)
+        _view_as_real(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+                      *([max_exp_avg_sqs] if amsgrad else []))
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
+         state_steps])
+    for (device, dtype), (tensors, _) in grouped.items():
+        p_, g_, m1_, m2_, m3_, v_, vmax_, steps = tensors
+        _check_tensors(device, p_, g_, m1_)
+        if steps[0].device != device:
+            raise RuntimeError('FAME(fused=True): state `step` must be on the parameters\' '
+                               'device; load the state dict into a fused optimizer instead')
+        torch._foreach_add_(steps, 1)
+        lists = (p_, g_, m1_, m2_, m3_, v_, vmax_ if amsgrad else [])
+        tables = _tables(device, lists, steps)
+        scale = grad_scale.to(device) if grad_scale is not None else None
+        inf = found_inf.to(device) if found_inf is not None else None
+        hyper = _to_device([lr, beta1, beta2, beta3, beta4, eps, weight_decay, _ln(beta1),
+                            _ln(beta2)], torch.float64, device)
+        t = tables.tensors
+        _fame_kernel[tables.grid](
+            t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8],
+            t[9] if amsgrad else t[8], t[10],
+            scale if scale is not None else hyper, inf if inf is not None else hyper, hyper,
+            P_DTYPE=_TL_DTYPES[dtype], G_DTYPE=_TL_DTYPES[g_[0].dtype],
+            CT=_TL_DTYPES[m1_[0].dtype], AMSGRAD=amsgrad, MAXIMIZE=maximize,
+            WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
+            HAS_GRAD_SCALE=scale is not None, HAS_FOUND_INF=inf is not None,
+            ALIGNED=tables.aligned, BLOCK=BLOCK, ITERS=ITERS)
+        if inf is not None:
+            torch._foreach_sub_(steps, [inf] * len(steps))
+
+
+def _ln(beta: float) -> float:
+    return math.log(beta) if beta > 0 else -math.inf

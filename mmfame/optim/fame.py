@@ -1,0 +1,455 @@
+"""FAME: Adam whose first moment is a Triple Exponential Moving Average (arXiv 2306.01423).
+
+Laid out like ``torch/optim/adam.py``: the :class:`FAME` class gathers each step's tensors, one
+functional dispatcher :func:`fame` picks an implementation, and three implementations compute the
+same update: a per-parameter for-loop (the readable reference), a multi-tensor ``foreach`` chain
+and a ``fused`` single-pass Triton kernel (``_triton_fame``).
+"""
+import math
+from collections import defaultdict
+from itertools import chain
+from typing import Iterator, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (Optimizer, ParamsT, _get_scalar_dtype, _get_value,
+                                   _view_as_real)
+
+__all__ = ['FAME', 'fame']
+
+# State keys, per parameter. Frozen: checkpoints and users depend on them.
+MOMENT_KEYS = ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq')
+AMSGRAD_KEY = 'max_exp_avg_sq'
+# Hyper-parameters that must agree for parameter groups to share one fast-path call.
+_BATCH_KEYS = ('lr', 'betas', 'beta3', 'beta4', 'eps', 'weight_decay', 'decoupled_weight_decay',
+               'amsgrad', 'maximize', 'foreach', 'fused')
+# On CPU the foreach chain walks cache-sized slices of the parameters (elements per slice batch):
+# every pass after the first then hits cache, so memory is crossed about once per step.
+CPU_BLOCK_NUMEL = 1 << 18
+
+
+def _state_dtype(p: Tensor) -> torch.dtype:
+    """fp32 state for fp16/bf16 params: TEMA's cancellation amplifies low-precision rounding."""
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
+def _check_unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f'FAME: {name} must be in [0, 1), got {value}')
+
+
+class FAME(Optimizer):
+    def __init__(self,
+                 params: ParamsT,
+                 lr: Union[float, Tensor] = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999),
+                 beta3: float = 0.3,
+                 beta4: float = 0.7,
+                 eps: float = 1e-8,
+                 weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = True,
+                 amsgrad: bool = False,
+                 *,
+                 maximize: bool = False,
+                 foreach: Optional[bool] = None,
+                 fused: Optional[bool] = None):
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError('FAME: Tensor lr must be 1-element')
+        if not 0.0 <= lr:
+            raise ValueError(f'FAME: invalid learning rate {lr} (must be >= 0)')
+        if not 0.0 <= eps:
+            raise ValueError(f'FAME: invalid eps {eps} (must be >= 0)')
+        if not 0.0 <= weight_decay:
+            raise ValueError(f'FAME: invalid weight_decay {weight_decay} (must be >= 0)')
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f'FAME: betas must be a 2-tuple (beta1, beta2), got {betas!r}; '
+                             'the TEMA decays are the separate arguments beta3 and beta4')
+        for name, value in zip(('betas[0]', 'betas[1]', 'beta3', 'beta4'), (*betas, beta3, beta4)):
+            _check_unit_interval(name, value)
+        if fused and foreach:
+            raise RuntimeError('FAME: `fused` and `foreach` cannot both be True')
+        if fused:
+            from . import _triton_fame
+            _triton_fame.require_triton()
+        defaults = dict(lr=lr, betas=tuple(betas), beta3=beta3, beta4=beta4, eps=eps,
+                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                        amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused)
+        super().__init__(params, defaults)
+        if fused:
+            # GradScaler hands grad_scale/found_inf to step() instead of unscaling (no host sync).
+            self._step_supports_amp_scaling = True
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault('beta3', 0.3)
+            group.setdefault('beta4', 0.7)
+            group.setdefault('decoupled_weight_decay', True)
+            group.setdefault('amsgrad', False)
+            group.setdefault('maximize', False)
+            group.setdefault('foreach', None)
+            group.setdefault('fused', None)
+
+    def _init_group(self, group, params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+                    max_exp_avg_sqs, state_steps) -> bool:
+        has_complex = False
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError('FAME does not support sparse gradients; use dense gradients '
+                                   '(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam')
+            has_complex |= torch.is_complex(p)
+            params.append(p)
+            grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                # Step lives on the device for the fused kernel (found_inf without host sync),
+                # as a CPU scalar otherwise (cheap to read), like torch.optim.Adam.
+                state['step'] = (torch.zeros((), dtype=torch.float32, device=p.device)
+                                 if group['fused'] else
+                                 torch.tensor(0.0, dtype=_get_scalar_dtype()))
+                for key in MOMENT_KEYS:
+                    state[key] = torch.zeros_like(p, dtype=_state_dtype(p),
+                                                  memory_format=torch.preserve_format)
+            if group['amsgrad'] and AMSGRAD_KEY not in state:
+                state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
+            exp_avgs.append(state['exp_avg'])
+            exp_avg_2s.append(state['exp_avg_2'])
+            exp_avg_3s.append(state['exp_avg_3'])
+            exp_avg_sqs.append(state['exp_avg_sq'])
+            if group['amsgrad']:
+                max_exp_avg_sqs.append(state[AMSGRAD_KEY])
+            state_steps.append(state['step'])
+        return has_complex
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Groups with equal hyper-parameters go to one call, so the fast paths batch across the
+        # one-group-per-parameter layout that mmengine's paramwise_cfg produces.
+        batches = defaultdict(lambda: [[] for _ in range(8)] + [False])
+        for group in self.param_groups:
+            key = tuple(_hashable(group[k]) for k in _BATCH_KEYS)
+            lists = batches[key]
+            lists[8] |= self._init_group(group, *lists[:8])
+            lists.append(group)
+        for lists in batches.values():
+            group = lists[9]
+            if not lists[0]:
+                continue
+            beta1, beta2 = group['betas']
+            fame(*lists[:8],
+                 amsgrad=group['amsgrad'],
+                 has_complex=lists[8],
+                 beta1=beta1,
+                 beta2=beta2,
+                 beta3=group['beta3'],
+                 beta4=group['beta4'],
+                 lr=group['lr'],
+                 weight_decay=group['weight_decay'],
+                 eps=group['eps'],
+                 decoupled_weight_decay=group['decoupled_weight_decay'],
+                 maximize=group['maximize'],
+                 foreach=group['foreach'],
+                 fused=group['fused'],
+                 grad_scale=getattr(self, 'grad_scale', None),
+                 found_inf=getattr(self, 'found_inf', None))
+        return loss
+
+    def load_state_dict(self, state_dict):
+        """Load a FAME state dict; refuse other optimizers' state and keep fp32 moments.
+
+        ``torch.optim.Optimizer`` casts floating state to each param's dtype, which would round
+        the fp32 moments of fp16/bf16 params; FAME restores them at full precision.
+        """
+        _check_is_fame_state(state_dict)
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g['params'] for g in state_dict['param_groups'])
+        params = chain.from_iterable(g['params'] for g in self.param_groups)
+        fused = {p: g['fused'] for g in self.param_groups for p in g['params']}
+        for saved_id, p in zip(saved_ids, params):
+            saved = state_dict['state'].get(saved_id)
+            if not saved:
+                continue
+            state = self.state[p]
+            for key in (*MOMENT_KEYS, AMSGRAD_KEY):
+                if key in saved:
+                    state[key] = saved[key].to(device=p.device, dtype=_state_dtype(p), copy=True)
+            step = torch.as_tensor(_get_value(saved['step']), dtype=torch.float32)
+            state['step'] = (step.to(p.device) if fused[p] else
+                             step.to(_get_scalar_dtype()))
+
+
+def _hashable(value):
+    return float(value) if isinstance(value, Tensor) else value
+
+
+def _check_is_fame_state(state_dict) -> None:
+    for param_id, state in state_dict['state'].items():
+        missing = [k for k in ('step', *MOMENT_KEYS) if k not in state]
+        if state and missing:
+            raise ValueError(
+                f'FAME.load_state_dict: the state of parameter {param_id} lacks {missing}; it was '
+                f'saved by another optimizer (keys: {sorted(state)}), e.g. Adam/AdamW. FAME '
+                'cannot continue from that state. To start FAME from those weights, load the '
+                'model only: in OpenMMLab use `load_from=...` instead of `resume`, in plain '
+                'PyTorch skip optimizer.load_state_dict().')
+
+
+FAME.__doc__ = r"""Implements FAME (Fast Adaptive Moment Estimation).
+
+    Adam whose first moment is the Triple Exponential Moving Average of the gradient
+    (Peleg et al., "Break a Lag", arXiv 2306.01423)::
+
+        m1 = beta1 * m1 + (1 - beta1) * g          # exp_avg
+        m2 = beta3 * m2 + (1 - beta3) * m1         # exp_avg_2
+        m3 = beta4 * m3 + (1 - beta4) * m2         # exp_avg_3
+        v  = beta2 * v  + (1 - beta2) * g * g      # exp_avg_sq
+        p  = p - lr / (1 - beta1**t) * (3*m1 - 3*m2 + m3) / (sqrt(v / (1 - beta2**t)) + eps)
+
+    With ``beta3 = beta4 = 0`` it is exactly Adam (``decoupled_weight_decay=False``) or AdamW.
+
+    Args:
+        params (iterable): iterable of parameters or dicts defining parameter groups.
+        lr (float, Tensor, optional): learning rate (default: 1e-3).
+        betas (Tuple[float, float], optional): decays of the gradient EMA ``m1`` and of the
+            squared-gradient EMA ``v``, as in Adam (default: (0.9, 0.999)).
+        beta3 (float, optional): decay of ``m2``, the EMA of ``m1`` (default: 0.3).
+        beta4 (float, optional): decay of ``m3``, the EMA of ``m2`` (default: 0.7).
+        eps (float, optional): term added to the denominator (default: 1e-8).
+        weight_decay (float, optional): weight decay coefficient (default: 0).
+        decoupled_weight_decay (bool, optional): AdamW-style decay ``p *= 1 - lr * wd`` when True
+            (the meaning of OpenMMLab's AdamW recipes), L2 added to the gradient when False (the
+            authors' code) (default: True).
+        amsgrad (bool, optional): use the running maximum of ``v`` (default: False).
+        maximize (bool, optional): maximize the objective instead of minimizing (default: False).
+        foreach (bool, optional): multi-tensor implementation; on CPU it walks cache-sized slices
+            so memory is crossed about once per step. None picks the fastest correct path for the
+            device (default: None).
+        fused (bool, optional): single-pass Triton kernel for CUDA tensors, many tensors per
+            launch; consumes GradScaler's ``grad_scale``/``found_inf`` on the device. Needs
+            ``triton``; on CPU only under ``TRITON_INTERPRET=1`` (for testing) (default: None).
+
+    State per parameter: ``step``, ``exp_avg``, ``exp_avg_2``, ``exp_avg_3``, ``exp_avg_sq`` and,
+    with amsgrad, ``max_exp_avg_sq``. Moments are fp32 for fp16/bf16 parameters.
+    """
+
+
+def fame(params: List[Tensor],
+         grads: List[Tensor],
+         exp_avgs: List[Tensor],
+         exp_avg_2s: List[Tensor],
+         exp_avg_3s: List[Tensor],
+         exp_avg_sqs: List[Tensor],
+         max_exp_avg_sqs: List[Tensor],
+         state_steps: List[Tensor],
+         foreach: Optional[bool] = None,
+         fused: Optional[bool] = None,
+         grad_scale: Optional[Tensor] = None,
+         found_inf: Optional[Tensor] = None,
+         has_complex: bool = False,
+         *,
+         amsgrad: bool,
+         beta1: float,
+         beta2: float,
+         beta3: float,
+         beta4: float,
+         lr: Union[float, Tensor],
+         weight_decay: float,
+         eps: float,
+         decoupled_weight_decay: bool,
+         maximize: bool) -> None:
+    """Functional FAME: see :class:`FAME`. Picks the implementation and runs it."""
+    if fused is None and foreach is None:
+        fused, foreach = _default_impl(params)
+    if fused:
+        from ._triton_fame import fused_fame as func
+    else:
+        if grad_scale is not None or found_inf is not None:
+            raise RuntimeError('FAME: grad_scale/found_inf are consumed by the fused path only; '
+                               'construct FAME(fused=True) or let GradScaler unscale first')
+        func = _multi_tensor_fame if foreach else _single_tensor_fame
+        lr = _get_value(lr)
+    func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
+         state_steps, grad_scale=grad_scale, found_inf=found_inf, has_complex=has_complex,
+         amsgrad=amsgrad, beta1=beta1, beta2=beta2, beta3=beta3, beta4=beta4, lr=lr,
+         weight_decay=weight_decay, eps=eps, decoupled_weight_decay=decoupled_weight_decay,
+         maximize=maximize)
+
+
+def _default_impl(params: List[Tensor]) -> Tuple[bool, bool]:
+    """(fused, foreach) for ``None``/``None``: foreach for plain CPU/CUDA tensors.
+
+    Measured (docs/benchmarks.md): on CPU the cache-blocked foreach chain beats the for-loop at
+    every size tried; on CUDA foreach is the default until the fused kernel is opted into.
+    """
+    foreach = not torch.jit.is_scripting() and all(
+        type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ('cpu', 'cuda')
+        for p in params)
+    return False, foreach
+
+
+def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+                        max_exp_avg_sqs, state_steps, *, grad_scale, found_inf, has_complex,
+                        amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
+                        decoupled_weight_decay, maximize):
+    """The reference: one parameter at a time, written as the spec reads."""
+    for i, param in enumerate(params):
+        grad, m1, m2, m3, v = grads[i], exp_avgs[i], exp_avg_2s[i], exp_avg_3s[i], exp_avg_sqs[i]
+        vmax = max_exp_avg_sqs[i] if amsgrad else None
+        if torch.is_complex(param):
+            param, grad, m1, m2, m3, v = map(torch.view_as_real, (param, grad, m1, m2, m3, v))
+            vmax = torch.view_as_real(vmax) if amsgrad else None
+        # fp16/bf16 params: compute in the fp32 of their state, round into the param once.
+        p = param if param.dtype == m1.dtype else param.to(m1.dtype)
+        grad = grad.to(m1.dtype)
+
+        state_steps[i] += 1
+        step = _get_value(state_steps[i])
+        if maximize:
+            grad = -grad
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                p.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(p, alpha=weight_decay)
+
+        m1.lerp_(grad, 1 - beta1)
+        m2.lerp_(m1, 1 - beta3)
+        m3.lerp_(m2, 1 - beta4)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if amsgrad:
+            torch.maximum(vmax, v, out=vmax)
+            v = vmax
+
+        tema = m1.mul(3).sub_(m2, alpha=3).add_(m3)
+        denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+        p.addcdiv_(tema, denom, value=-lr / (1 - beta1**step))
+        if p is not param:
+            param.copy_(p)
+
+
+def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+                       max_exp_avg_sqs, state_steps, *, grad_scale, found_inf, has_complex,
+                       amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
+                       decoupled_weight_decay, maximize):
+    """The foreach chain: the same math as the for-loop, one op over all tensors at a time."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
+         state_steps])
+    for (device, _), (tensors, _) in grouped.items():
+        p_, g_, m1_, m2_, m3_, v_, vmax_, steps = (list(t) for t in tensors)
+        if steps[0].is_cpu:
+            torch._foreach_add_(steps, torch.tensor(1.0, device='cpu'), alpha=1.0)
+        else:
+            torch._foreach_add_(steps, 1)
+        # Per-tensor scalars (steps may differ: params skipped while frozen keep their count).
+        step_size, eps_hat = _bias_corrected_scalars(steps, lr, beta1, beta2, eps)
+        low_precision = p_[0].dtype != m1_[0].dtype
+        p32 = [p.to(m1_[0].dtype) for p in p_] if low_precision else p_
+        g32 = [g.to(m1_[0].dtype) for g in g_] if g_[0].dtype != m1_[0].dtype else g_
+        if has_complex:
+            state_lists = (m1_, m2_, m3_, v_, vmax_) if amsgrad else (m1_, m2_, m3_, v_)
+            p32 = list(p32)
+            g32 = list(g32)
+            _view_as_real(p32, g32, *state_lists)
+        tensor_lists = [p32, g32, m1_, m2_, m3_, v_, vmax_ if amsgrad else None]
+        scalar_lists = [step_size, eps_hat]
+        blocks = (_cpu_blocks(tensor_lists, scalar_lists) if device.type == 'cpu' else
+                  [tensor_lists + scalar_lists])
+        for block in blocks:
+            _foreach_chain(*block, amsgrad=amsgrad, beta1=beta1, beta2=beta2, beta3=beta3,
+                           beta4=beta4, lr=lr, weight_decay=weight_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+        if low_precision:
+            torch._foreach_copy_(p_, p32)
+
+
+def _bias_corrected_scalars(steps, lr, beta1, beta2, eps):
+    """Per tensor: -lr*sqrt(bc2)/bc1 and eps*sqrt(bc2), so that
+    ``p += step_size * tema / (sqrt(v) + eps_hat)`` is Adam's bias-corrected update."""
+    values = [_get_value(s) for s in steps]
+    cache = {}
+    for t in set(values):
+        bc2_sqrt = math.sqrt(1 - beta2**t)
+        cache[t] = (-lr * bc2_sqrt / (1 - beta1**t), eps * bc2_sqrt)
+    return [cache[t][0] for t in values], [cache[t][1] for t in values]
+
+
+def _cpu_blocks(tensor_lists, scalar_lists) -> Iterator[list]:
+    """Yield the chain's lists in batches of about CPU_BLOCK_NUMEL elements.
+
+    Large contiguous tensors are cut into flat slices, so each batch's working set (params,
+    grads, moments and two temporaries) stays in cache across the chain's dozen passes.
+    """
+    present = [k for k, l in enumerate(tensor_lists) if l is not None]
+    width = len(tensor_lists) + len(scalar_lists)
+
+    def empty():
+        return [[] if k >= len(tensor_lists) or tensor_lists[k] is not None else None
+                for k in range(width)]
+
+    batch, size = empty(), 0
+    for i in range(len(tensor_lists[0])):
+        row = [tensor_lists[k][i] for k in present]
+        numel = row[0].numel()
+        if numel > CPU_BLOCK_NUMEL and all(t.is_contiguous() for t in row):
+            row = [t.view(-1) for t in row]
+            spans = [slice(s, s + CPU_BLOCK_NUMEL) for s in range(0, numel, CPU_BLOCK_NUMEL)]
+        else:
+            spans = [None]
+        for span in spans:
+            pieces = row if span is None else [t[span] for t in row]
+            for k, t in zip(present, pieces):
+                batch[k].append(t)
+            for j, scalars in enumerate(scalar_lists):
+                batch[len(tensor_lists) + j].append(scalars[i])
+            size += pieces[0].numel()
+            if size >= CPU_BLOCK_NUMEL:
+                yield batch
+                batch, size = empty(), 0
+    if batch[0]:
+        yield batch
+
+
+def _foreach_chain(params, grads, m1, m2, m3, v, vmax, step_size, eps_hat, *, amsgrad, beta1,
+                   beta2, beta3, beta4, lr, weight_decay, decoupled_weight_decay, maximize):
+    """One FAME update over lists of same-device, same-dtype tensors. Peak extra memory: two
+    temporaries per tensor (tema and denom)."""
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+        elif maximize:  # L2 on the negated gradient: -g + wd * p, in one temporary
+            grads = torch._foreach_sub(grads, params, alpha=weight_decay)
+            torch._foreach_neg_(grads)
+            maximize = False
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    if maximize:  # m1 moves towards -g without a negated copy of g
+        torch._foreach_mul_(m1, beta1)
+        torch._foreach_add_(m1, grads, alpha=-(1 - beta1))
+    else:
+        torch._foreach_lerp_(m1, grads, 1 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+    del grads
+    torch._foreach_lerp_(m2, m1, 1 - beta3)
+    torch._foreach_lerp_(m3, m2, 1 - beta4)
+    if amsgrad:
+        torch._foreach_maximum_(vmax, v)
+        v = vmax
+    tema = torch._foreach_sub(m1, m2)
+    tema = torch._foreach_add(m3, tema, alpha=3)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, eps_hat)
+    torch._foreach_addcdiv_(params, tema, denom, step_size)
