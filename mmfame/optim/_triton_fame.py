@@ -46,7 +46,8 @@ if triton is not None:
                     lr, beta1, beta2, beta3, beta4, eps, weight_decay, step_size, bc2_sqrt,
                     CT: tl.constexpr, MASKED: tl.constexpr, AMSGRAD: tl.constexpr,
                     MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-                    DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr):
+                    DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+                    MANUAL_BF16_ROUNDING: tl.constexpr):
         mask = offs < n if MASKED else None
         g = tl.load(g_ptr + offs, mask=mask).to(CT)
         p = tl.load(p_ptr + offs, mask=mask).to(CT)
@@ -82,7 +83,14 @@ if triton is not None:
         tl.store(m2_ptr + offs, m2, mask=mask)
         tl.store(m3_ptr + offs, m3, mask=mask)
         tl.store(v_ptr + offs, v, mask=mask)
-        tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+        if MANUAL_BF16_ROUNDING and p_ptr.dtype.element_ty == tl.bfloat16:
+            # Triton's interpreter truncates fp32 -> bf16; GPUs round to nearest even. Round by
+            # hand there so the interpreter checks what the GPU computes.
+            bits = p.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            tl.store(p_ptr + offs, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+        else:
+            tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _fame_kernel(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m1_ptrs, m2_ptrs,
@@ -91,7 +99,8 @@ if triton is not None:
                      AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
                      WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
                      HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-                     ALIGNED: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+                     ALIGNED: tl.constexpr, MANUAL_BF16_ROUNDING: tl.constexpr,
+                     BLOCK: tl.constexpr, ITERS: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_start + pid)
@@ -141,14 +150,14 @@ if triton is not None:
                     _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n,
                                 inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay,
                                 step_size, bc2_sqrt, CT, False, AMSGRAD, MAXIMIZE,
-                                WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE)
+                                WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE, MANUAL_BF16_ROUNDING)
             else:
                 for i in tl.static_range(ITERS):
                     offs = start + i * BLOCK + tl.arange(0, BLOCK)
                     _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n,
                                 inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay,
                                 step_size, bc2_sqrt, CT, True, AMSGRAD, MAXIMIZE,
-                                WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE)
+                                WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE, MANUAL_BF16_ROUNDING)
 
 
 class _Tables:
@@ -250,7 +259,7 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max
             CT=_TL_DTYPES[m1_[0].dtype], AMSGRAD=amsgrad, MAXIMIZE=maximize,
             WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
             HAS_GRAD_SCALE=scale is not None, HAS_FOUND_INF=inf is not None,
-            ALIGNED=tables.aligned, BLOCK=BLOCK, ITERS=ITERS)
+            ALIGNED=tables.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS)
         if inf is not None:
             torch._foreach_sub_(steps, [inf] * len(steps))
 

@@ -1,0 +1,376 @@
+"""FAME against a float64 reference, across implementations and configurations (checklist A-C)."""
+import copy
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from mmfame import FAME
+from mmfame.optim import _triton_fame
+from reference import ReferenceFAME
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRITON = _triton_fame.triton is not None
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not HAS_CUDA, reason='no CUDA'))]
+IMPLS = {
+    'forloop': dict(foreach=False),
+    'foreach': dict(foreach=True),
+    'fused': dict(fused=True),
+}
+CONFIGS = {
+    'default': dict(),
+    'lr': dict(lr=3e-2, eps=1e-5),
+    'wd_decoupled': dict(weight_decay=0.1),
+    'wd_l2': dict(weight_decay=0.1, decoupled_weight_decay=False),
+    'maximize': dict(maximize=True, weight_decay=0.05, decoupled_weight_decay=False),
+    'amsgrad': dict(amsgrad=True, weight_decay=0.05),
+    'tema_0': dict(beta3=0.0, beta4=0.0),
+    'tema_half': dict(beta3=0.5, beta4=0.5),
+    'tema_099': dict(beta3=0.99, beta4=0.99, betas=(0.8, 0.99)),
+}
+
+
+def usable(impl, device):
+    if impl == 'fused':
+        if not HAS_TRITON:
+            pytest.skip('triton is not installed')
+        if device == 'cpu' and not _triton_fame.INTERPRET:
+            pytest.skip('fused on CPU runs only under TRITON_INTERPRET=1')
+
+
+def make_params(device, dtype=torch.float64, seed=0):
+    """Shapes that cover a scalar, a non-square matrix, a conv kernel and a tensor larger than
+    one CPU cache block (so the foreach path slices it)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(), (7, 3), (4, 3, 3, 3), (300_001,)]
+    return [torch.randn(s, generator=g, dtype=dtype).to(device).requires_grad_() for s in shapes]
+
+
+def max_err(a, b):
+    return (a.to(torch.float64) - b.to(torch.float64)).abs().max().item()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('config', CONFIGS)
+def test_matches_float64_reference(device, impl, config):
+    """Params and all four (five with amsgrad) state buffers equal the spec, every step."""
+    usable(impl, device)
+    kwargs = dict(lr=1e-2, **CONFIGS[config]) if 'lr' not in CONFIGS[config] else CONFIGS[config]
+    params = make_params(device)
+    ref = ReferenceFAME(params, **kwargs)
+    opt = FAME(params, **kwargs, **IMPLS[impl])
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(device) for p in params]
+        if step == 3:
+            grads[1] = None  # skipped: neither the param nor its state moves
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        opt.step()
+        ref.step(grads)
+        for i, p in enumerate(params):
+            assert max_err(p, ref.p[i]) < 1e-12, (step, i)
+            state = opt.state[p]
+            assert float(state['step']) == ref.t[i]
+            for key, value in ref.state(i).items():
+                assert max_err(state[key], value) < 1e-12, (step, i, key)
+    expected = {'step', 'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq'}
+    if kwargs.get('amsgrad'):
+        expected.add('max_exp_avg_sq')
+    assert set(opt.state[params[0]]) == expected
+
+
+@pytest.mark.parametrize('decoupled, torch_cls', [(False, torch.optim.Adam),
+                                                  (True, torch.optim.AdamW)])
+@pytest.mark.parametrize('impl', IMPLS)
+def test_beta3_beta4_zero_is_adam(decoupled, torch_cls, impl):
+    """With beta3 = beta4 = 0, TEMA = m1 and FAME is exactly Adam (L2) or AdamW."""
+    usable(impl, 'cpu')
+    params = make_params('cpu')
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt = FAME(params, lr=1e-2, beta3=0.0, beta4=0.0, weight_decay=0.1,
+               decoupled_weight_decay=decoupled, **IMPLS[impl])
+    adam = torch_cls(twins, lr=1e-2, weight_decay=0.1, foreach=False)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(8):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            q.grad = p.grad.clone()
+        opt.step()
+        adam.step()
+    for p, q in zip(params, twins):
+        assert max_err(p, q) < 1e-13
+        assert max_err(opt.state[p]['exp_avg_sq'], adam.state[q]['exp_avg_sq']) < 1e-15
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('impl', ['foreach', 'fused'])
+def test_paths_agree_on_a_model_with_none_grads_and_freeze(device, impl):
+    """foreach/fused == for-loop in float64 on a model plus a 0-dim param, over 7 steps with a
+    None grad and a layer frozen mid-training; params and states compared every step."""
+    usable(impl, device)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).double().to(device)
+    model.register_parameter('scale', nn.Parameter(torch.tensor(1.5, dtype=torch.float64,
+                                                                device=device)))
+    twin = copy.deepcopy(model)
+    opts = [FAME(m.parameters(), lr=1e-2, weight_decay=0.01, **kw)
+            for m, kw in ((model, IMPLS[impl]), (twin, IMPLS['forloop']))]
+    x = torch.randn(8, 5, dtype=torch.float64, device=device)
+    for step in range(7):
+        for m, opt in zip((model, twin), opts):
+            opt.zero_grad()
+            (m(x).pow(2).mean() * m.scale).backward()
+            if step == 2:
+                m[0].bias.grad = None
+            if step >= 4:  # freeze the first layer
+                m[0].weight.grad = None
+            opt.step()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert max_err(p, q) < 1e-13
+            for key in opts[1].state[q]:
+                assert max_err(opts[0].state[p][key], opts[1].state[q][key]) < 1e-13
+    assert float(opts[0].state[model[0].weight]['step']) == 4
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_matches_forloop_in_low_precision(device, dtype):
+    """Low-precision params keep fp32 state on every path; paths agree to one rounding of the
+    param dtype (each path computes in fp32 and rounds the param once per step)."""
+    tol = 4e-7 if dtype == torch.float32 else torch.finfo(dtype).eps
+    usable('fused', device)
+    torch.manual_seed(0)
+    params = [torch.randn(s, device=device).to(dtype).requires_grad_()
+              for s in [(), (33, 7), (5000,)]]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fused = FAME(params, lr=1e-3, weight_decay=0.05, fused=True)
+    loop = FAME(twins, lr=1e-3, weight_decay=0.05, foreach=False)
+    for _ in range(5):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(params, twins):
+        assert fused.state[p]['exp_avg'].dtype == torch.float32
+        assert p.dtype == dtype
+        assert max_err(p, q) <= tol * max(1.0, q.abs().max().item())
+        for key in ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq'):
+            assert max_err(fused.state[p][key], loop.state[q][key]) < 1e-5
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_complex_params_behave_like_their_real_view(impl):
+    usable(impl, 'cpu')
+    torch.manual_seed(0)
+    z = torch.randn(6, 4, dtype=torch.complex128, requires_grad=True)
+    r = torch.view_as_real(z.detach()).clone().requires_grad_()
+    opt_z = FAME([z], lr=1e-2, weight_decay=0.1, **IMPLS[impl])
+    opt_r = FAME([r], lr=1e-2, weight_decay=0.1, **IMPLS[impl])
+    for _ in range(4):
+        gz = torch.randn(6, 4, dtype=torch.complex128)
+        z.grad, r.grad = gz, torch.view_as_real(gz).clone()
+        opt_z.step()
+        opt_r.step()
+    assert max_err(torch.view_as_real(z), r) < 1e-14
+    assert opt_z.state[z]['exp_avg_2'].is_complex()
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('contiguous', [True, False])
+@pytest.mark.parametrize('maximize', [False, True])
+def test_least_squares_loss_moves_the_right_way(impl, contiguous, maximize):
+    usable(impl, 'cpu')
+    if impl == 'fused' and not contiguous:
+        pytest.skip('fused requires contiguous tensors (checked in test_errors)')
+    torch.manual_seed(0)
+    a, b = torch.randn(32, 10), torch.randn(32, 4)
+    w = torch.randn(4, 10) if contiguous else torch.randn(10, 4).t()
+    w.requires_grad_()
+    opt = FAME([w], lr=5e-2, maximize=maximize, **IMPLS[impl])
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=20, gamma=0.5)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = (a @ w.t() - b).pow(2).mean()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    assert (losses[-1] > 2 * losses[0]) if maximize else (losses[-1] < 0.5 * losses[0])
+
+
+def test_rosenbrock_approaches_its_minimum():
+    xy = torch.tensor([1.5, 1.5], dtype=torch.float64, requires_grad=True)
+    opt = FAME([xy], lr=1e-2)
+    for _ in range(5000):
+        opt.zero_grad()
+        x, y = xy
+        ((1 - x)**2 + 100 * (y - x**2)**2).backward()
+        opt.step()
+    assert torch.allclose(xy.detach(), torch.ones(2, dtype=torch.float64), atol=3e-2)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_groups_with_different_lr_and_a_tiny_lr_group_is_bitwise_frozen(impl):
+    usable(impl, 'cpu')
+    torch.manual_seed(0)
+    fast, slow, frozen = (torch.randn(5, 5, requires_grad=True) for _ in range(3))
+    start = [t.detach().clone() for t in (fast, slow, frozen)]
+    opt = FAME([{'params': [fast], 'lr': 1e-1}, {'params': [slow], 'lr': 1e-3},
+                {'params': [frozen], 'lr': 1e-28}], **IMPLS[impl])
+    for _ in range(3):
+        for t in (fast, slow, frozen):
+            t.grad = torch.ones_like(t)
+        opt.step()
+    moved = [(t - s).abs().max().item() for t, s in zip((fast, slow), start)]
+    assert moved[0] > 50 * moved[1] > 0
+    assert torch.equal(frozen, start[2])
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_tensor_lr_matches_float_lr(impl):
+    usable(impl, 'cpu')
+    params = make_params('cpu', torch.float32)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt_t = FAME(params, lr=torch.tensor(1e-2), **IMPLS[impl])
+    opt_f = FAME(twins, lr=1e-2, **IMPLS[impl])
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt_t.step()
+        opt_f.step()
+    for p, q in zip(params, twins):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_zero_grads_leave_params_bitwise_unchanged(impl):
+    usable(impl, 'cpu')
+    params = make_params('cpu', torch.float32)
+    start = [p.detach().clone() for p in params]
+    opt = FAME(params, **IMPLS[impl])
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    assert all(torch.equal(p, s) for p, s in zip(params, start))
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_step_returns_closure_loss(impl):
+    usable(impl, 'cpu')
+    w = torch.ones(3, requires_grad=True)
+    opt = FAME([w], **IMPLS[impl])
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * 2).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == 6.0
+
+
+def test_default_path_on_cpu_is_foreach(monkeypatch):
+    from mmfame.optim import fame as fame_module
+    called = []
+    monkeypatch.setattr(fame_module, '_multi_tensor_fame',
+                        lambda *a, **k: called.append('foreach'))
+    w = torch.ones(3, requires_grad=True)
+    w.grad = torch.ones(3)
+    FAME([w]).step()
+    assert called == ['foreach']
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(lr=-1.0), 'learning rate'),
+    (dict(eps=-1.0), 'eps'),
+    (dict(weight_decay=-0.1), 'weight_decay'),
+    (dict(betas=(1.0, 0.999)), r'betas\[0\]'),
+    (dict(betas=(0.9, -0.1)), r'betas\[1\]'),
+    (dict(beta3=1.0), 'beta3'),
+    (dict(beta4=-0.5), 'beta4'),
+    (dict(betas=(0.9, 0.999, 0.3)), '2-tuple'),
+    (dict(lr=torch.tensor([1e-3, 1e-3])), '1-element'),
+])
+def test_invalid_hyper_parameters_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FAME([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_construction_errors():
+    w = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError):
+        FAME(w)
+    with pytest.raises(ValueError, match='more than one'):
+        FAME([{'params': [w]}, {'params': [w]}])
+    with pytest.raises(RuntimeError, match='cannot both be True'):
+        FAME([w], foreach=True, fused=True)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_sparse_gradients_are_refused_by_name(impl):
+    usable(impl, 'cpu')
+    emb = nn.Embedding(10, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match='FAME does not support sparse'):
+        FAME(emb.parameters(), **IMPLS[impl]).step()
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason='triton is not installed')
+def test_fused_on_cpu_without_interpreter_says_fused_is_for_cuda():
+    code = ('import torch; from mmfame import FAME\n'
+            'w = torch.zeros(3, requires_grad=True); w.grad = torch.ones(3)\n'
+            'FAME([w], fused=True).step()\n')
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['CUDA_VISIBLE_DEVICES'] = ''
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert 'runs a Triton kernel on CUDA tensors' in out.stderr
+
+
+def test_fused_refuses_strided_tensors():
+    usable('fused', 'cpu')
+    w = torch.randn(6, 4).t().contiguous().t().requires_grad_()  # non-contiguous view
+    w.grad = torch.ones_like(w)
+    with pytest.raises(RuntimeError, match='contiguous'):
+        FAME([w], fused=True).step()
+
+
+def test_groups_with_equal_hyper_parameters_share_one_call(monkeypatch):
+    """mmengine's paramwise_cfg makes one group per param: the fast path must batch them."""
+    from mmfame.optim import fame as fame_module
+    calls = []
+    real = fame_module._multi_tensor_fame
+    monkeypatch.setattr(fame_module, '_multi_tensor_fame',
+                        lambda params, *a, **k: (calls.append(len(params)),
+                                                 real(params, *a, **k)))
+    params = [torch.zeros(3, requires_grad=True) for _ in range(6)]
+    for p in params:
+        p.grad = torch.ones(3)
+    groups = [{'params': [p], 'lr_mult': 1.0, 'decay_mult': 1.0} for p in params[:4]]
+    groups += [{'params': params[4:], 'lr': 5e-4}]
+    FAME(groups, lr=1e-3, foreach=True).step()
+    assert sorted(calls) == [2, 4]
+
+
+def test_step_size_math_matches_adam_bias_correction():
+    """One step from zero state moves each weight by lr * TEMA-factor: a closed form check."""
+    w = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    w.grad = torch.full((4,), 2.0, dtype=torch.float64)
+    FAME([w], lr=0.1, betas=(0.9, 0.999), beta3=0.3, beta4=0.7, eps=0.0).step()
+    m1 = 0.1 * 2.0
+    m2 = 0.7 * m1
+    m3 = 0.3 * m2
+    tema = 3 * m1 - 3 * m2 + m3
+    v = 0.001 * 4.0
+    expected = -0.1 / 0.1 * tema / (math.sqrt(v) / math.sqrt(0.001))
+    assert torch.allclose(w, torch.full((4,), expected, dtype=torch.float64), rtol=1e-14)
