@@ -1,0 +1,8 @@
+# Mask R-CNN Swin-T FPN 1x (mmdet 3.3.0) with FAME instead of AdamW. Only the optimizer type
+# changes: lr 1e-4, betas (0.9, 0.999), wd 0.05, no decay on norms and position embeddings, and the
+# 1x schedule are inherited from the upstream AdamW recipe.
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+
+custom_imports = dict(imports=['mmfame'], allow_failed_imports=False)
+
+optim_wrapper = dict(optimizer=dict(type='FAME'))
