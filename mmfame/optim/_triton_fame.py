@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - exercised where triton is absent
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 BLOCK = 1024
 ITERS = 4
-CHUNK = BLOCK * ITERS
+NUM_WARPS = 4
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -165,12 +165,13 @@ class _Tables:
 
     def __init__(self, device, lists, steps):
         numels = torch.tensor([t.numel() for t in lists[0]], dtype=torch.int64)
-        chunks = (numels + CHUNK - 1) // CHUNK
+        chunk = BLOCK * ITERS
+        chunks = (numels + chunk - 1) // chunk
         chunk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
                                                chunks)
         first = torch.cumsum(chunks, 0) - chunks
         chunk_start = (torch.arange(len(chunk_tensor), dtype=torch.int64)
-                       - first[chunk_tensor.long()]) * CHUNK
+                       - first[chunk_tensor.long()]) * chunk
         ptrs = [torch.tensor([t.data_ptr() for t in l], dtype=torch.int64) if l else None
                 for l in (*lists, steps)]
         self.aligned = all(int(x) % 16 == 0 for ptr in ptrs[:-1] if ptr is not None for x in ptr)
@@ -193,7 +194,7 @@ _CACHE_SIZE = 16
 
 
 def _tables(device, lists, steps) -> _Tables:
-    key = (device, *(tuple(map(Tensor.data_ptr, l)) for l in (*lists, steps)))
+    key = (device, BLOCK * ITERS, *(tuple(map(Tensor.data_ptr, l)) for l in (*lists, steps)))
     tables = _CACHE.get(key)
     if tables is None:
         tables = _CACHE[key] = _Tables(device, lists, steps)
@@ -259,7 +260,8 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max
             CT=_TL_DTYPES[m1_[0].dtype], AMSGRAD=amsgrad, MAXIMIZE=maximize,
             WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
             HAS_GRAD_SCALE=scale is not None, HAS_FOUND_INF=inf is not None,
-            ALIGNED=tables.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS)
+            ALIGNED=tables.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS,
+            num_warps=NUM_WARPS)
         if inf is not None:
             torch._foreach_sub_(steps, [inf] * len(steps))
 

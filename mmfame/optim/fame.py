@@ -38,6 +38,19 @@ def _check_unit_interval(name: str, value: float) -> None:
         raise ValueError(f'FAME: {name} must be in [0, 1), got {value}')
 
 
+def _check_hyper_parameters(group: dict) -> None:
+    betas = group['betas']
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f'FAME: betas must be a 2-tuple (beta1, beta2), got {betas!r}; '
+                         'the TEMA decays are the separate arguments beta3 and beta4')
+    for name, value in zip(('betas[0]', 'betas[1]', 'beta3', 'beta4'),
+                           (*betas, group['beta3'], group['beta4'])):
+        _check_unit_interval(name, value)
+    for name in ('lr', 'eps', 'weight_decay'):
+        if name in group and not 0.0 <= group[name]:
+            raise ValueError(f'FAME: invalid {name} {group[name]} (must be >= 0)')
+
+
 class FAME(Optimizer):
     def __init__(self,
                  params: ParamsT,
@@ -61,11 +74,7 @@ class FAME(Optimizer):
             raise ValueError(f'FAME: invalid eps {eps} (must be >= 0)')
         if not 0.0 <= weight_decay:
             raise ValueError(f'FAME: invalid weight_decay {weight_decay} (must be >= 0)')
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f'FAME: betas must be a 2-tuple (beta1, beta2), got {betas!r}; '
-                             'the TEMA decays are the separate arguments beta3 and beta4')
-        for name, value in zip(('betas[0]', 'betas[1]', 'beta3', 'beta4'), (*betas, beta3, beta4)):
-            _check_unit_interval(name, value)
+        _check_hyper_parameters(dict(betas=betas, beta3=beta3, beta4=beta4))
         if fused and foreach:
             raise RuntimeError('FAME: `fused` and `foreach` cannot both be True')
         if fused:
@@ -75,9 +84,18 @@ class FAME(Optimizer):
                         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
-        if fused:
-            # GradScaler hands grad_scale/found_inf to step() instead of unscaling (no host sync).
-            self._step_supports_amp_scaling = True
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Fused groups take GradScaler's grad_scale/found_inf in step() (no host sync)."""
+        return any(group['fused'] for group in self.param_groups)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group; its own hyper-parameters are checked like the constructor's."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_hyper_parameters(group)
+        group['betas'] = tuple(group['betas'])
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -276,8 +294,13 @@ def fame(params: List[Tensor],
         from ._triton_fame import fused_fame as func
     else:
         if grad_scale is not None or found_inf is not None:
-            raise RuntimeError('FAME: grad_scale/found_inf are consumed by the fused path only; '
-                               'construct FAME(fused=True) or let GradScaler unscale first')
+            # A non-fused group of an optimizer whose fused groups asked GradScaler to defer:
+            # unscale here (with a host sync, as GradScaler itself would).
+            if found_inf is not None and found_inf.item():
+                return
+            if grad_scale is not None:
+                torch._foreach_div_(grads, grad_scale.item())
+            grad_scale = found_inf = None
         func = _multi_tensor_fame if foreach else _single_tensor_fame
         lr = _get_value(lr)
     func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
