@@ -1,3 +1,7 @@
-from .fame import FAME, fame
+from .builder import register_all
+from .constructor import FAMEOptimWrapperConstructor
+from .fame import FAME
 
-__all__ = ['FAME', 'fame']
+register_all()
+
+__all__ = ['FAME', 'FAMEOptimWrapperConstructor']

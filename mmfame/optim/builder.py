@@ -1,0 +1,29 @@
+"""Register mmfame's optimizer in mmengine's ROOT registry, so every OpenMMLab scope finds it.
+
+mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` resolves under any
+``default_scope``. Registration is idempotent (repeated imports, pytest collection) and never
+overrides another package's ``FAME``.
+"""
+from mmengine.registry import Registry
+
+
+def register(registry: Registry, name: str, module) -> None:
+    existing = registry.module_dict.get(name)
+    if existing is module:
+        return
+    if existing is not None and (existing.__module__, existing.__qualname__) != (
+            module.__module__, module.__qualname__):
+        raise KeyError(f'{name!r} is already registered in {registry.name} by '
+                       f'{existing.__module__}; mmfame will not override it')
+    # Absent, or our own class from a re-imported module: (re)register it.
+    registry.register_module(name=name, module=module, force=True)
+
+
+def register_all() -> None:
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
+
+    from .constructor import FAMEOptimWrapperConstructor
+    from .fame import FAME
+    register(OPTIMIZERS, 'FAME', FAME)
+    register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
+             FAMEOptimWrapperConstructor)

@@ -1,0 +1,255 @@
+"""``FAMEOptimWrapperConstructor``: mmengine's default constructor, plus what FAME configs need.
+
+On top of every ``paramwise_cfg`` key of :class:`DefaultOptimWrapperConstructor` it
+
+* merges the one-group-per-parameter layout into one group per distinct set of hyper-parameters
+  (``merge_groups``, default True), in order of first appearance so that a resumed run maps the
+  saved state onto the same groups;
+* applies layer-/stage-wise learning-rate decay (``decay_rate``, ``decay_type``, ``num_layers``)
+  with the layer ids and scales of mmdet's/mmseg's ``LearningRateDecayOptimizerConstructor``,
+  for ConvNeXt, ViT/BEiT/MAE and Swin backbones, on top of the default rules;
+* passes per-group FAME keys (``betas``, ``beta3``, ``beta4``, ``eps``) from ``custom_keys`` and
+  validates them, and rejects FAME configs that cannot be right (SGD leftovers, decay mults
+  without weight decay, unknown keys);
+* logs the resulting groups compactly.
+"""
+import inspect
+from typing import List
+
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.registry import OPTIMIZERS
+
+from .fame import FAME, _check_unit_interval
+
+# Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
+_MEMBER_KEYS = ('params', 'param_names')
+_SGD_KEYS = ('momentum', 'nesterov', 'dampening')
+_DECAY_MULTS = ('bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult', 'flat_decay_mult')
+_DECAY_TYPES = ('layer_wise', 'stage_wise')
+_TOKENS = ('backbone.cls_token', 'backbone.mask_token', 'backbone.pos_embed')
+
+
+class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """DefaultOptimWrapperConstructor with group merging, layer decay and FAME config checks.
+
+    Extra ``paramwise_cfg`` keys:
+
+    - ``merge_groups`` (bool): merge groups with identical hyper-parameters. Default True.
+    - ``decay_rate`` (float), ``decay_type`` ('layer_wise' | 'stage_wise', default
+      'layer_wise'), ``num_layers`` (int): learning-rate decay; the parameter with layer id ``i``
+      gets ``lr * decay_rate ** (num_layers + 1 - i)`` and 1-D params and biases get
+      ``weight_decay=0``, exactly as in mmdet/mmseg; ``pos_embed``/``cls_token`` get 0 too
+      (upstream means to, but compares full names with bare ones and never does). It composes
+      with the default rules (e.g. ``custom_keys`` lr_mult), which upstream's ignores.
+
+    ``custom_keys`` entries may set ``betas``, ``beta3``, ``beta4`` and ``eps`` per group.
+    """
+
+    def _validate_cfg(self) -> None:
+        if _is_fame(self.optimizer_cfg.get('type')):
+            self._check_fame_cfg()
+        decay_type = self.paramwise_cfg.get('decay_type', 'layer_wise')
+        if 'decay_rate' in self.paramwise_cfg:
+            if decay_type not in _DECAY_TYPES:
+                raise ValueError(f'paramwise_cfg.decay_type must be one of {_DECAY_TYPES}, '
+                                 f'got {decay_type!r}')
+            if not isinstance(self.paramwise_cfg.get('num_layers'), int):
+                raise ValueError('paramwise_cfg.decay_rate needs an int paramwise_cfg.num_layers '
+                                 '(the number of backbone layers or stages)')
+            if self.base_lr is None:
+                raise ValueError('paramwise_cfg.decay_rate needs an explicit optimizer lr')
+        super()._validate_cfg()
+
+    def _check_fame_cfg(self) -> None:
+        """Reject FAME configs that would train wrongly or fail deep inside the optimizer."""
+        cfg = self.optimizer_cfg
+        sgd = [k for k in _SGD_KEYS if k in cfg]
+        if sgd:
+            raise ValueError(
+                f'optim_wrapper.optimizer has SGD keys {sgd}: the config inherited them from an '
+                "SGD base. FAME has no momentum; write optimizer=dict(_delete_=True, type='FAME', "
+                'lr=..., weight_decay=...) to drop the base optimizer settings.')
+        valid = list(inspect.signature(FAME).parameters)[1:]
+        unknown = sorted(k for k in cfg if k != 'type' and k not in valid)
+        if unknown:
+            raise TypeError(f'FAME got unknown optimizer keys {unknown}; valid keys: {valid}')
+        if not self.base_wd:
+            custom = self.paramwise_cfg.get('custom_keys', {})
+            mults = [k for k in _DECAY_MULTS if self.paramwise_cfg.get(k)]
+            mults += [f'custom_keys[{key!r}].decay_mult' for key, value in custom.items()
+                      if value.get('decay_mult')]
+            if mults:
+                raise ValueError(
+                    f'paramwise_cfg sets {mults} but optimizer weight_decay is '
+                    f'{self.base_wd}, so they have no effect: set weight_decay in '
+                    "optim_wrapper.optimizer (e.g. dict(type='FAME', weight_decay=0.05)) or "
+                    'remove the mults.')
+        for key, value in self.paramwise_cfg.get('custom_keys', {}).items():
+            if 'betas' in value and (not isinstance(value['betas'], (tuple, list))
+                                     or len(value['betas']) != 2):
+                raise ValueError(f'custom_keys[{key!r}].betas must be a 2-tuple (beta1, beta2), '
+                                 f"got {value['betas']!r}; set beta3/beta4 as their own keys")
+            betas = dict(zip(('betas[0]', 'betas[1]'), value.get('betas', ())))
+            betas.update({k: value[k] for k in ('beta3', 'beta4') if k in value})
+            for name, beta in betas.items():
+                _check_unit_interval(f'custom_keys[{key!r}].{name}', beta)
+            if value.get('eps', 0) < 0:
+                raise ValueError(f"custom_keys[{key!r}].eps must be >= 0, got {value['eps']}")
+
+    def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
+                   is_dcn_module=None) -> None:
+        """The default rules, then (for the whole model only) layer decay and merging."""
+        if prefix:  # the default rules recursing into a submodule
+            return super().add_params(params, module, prefix, is_dcn_module)
+        groups: List[dict] = []
+        super().add_params(groups, module, prefix, is_dcn_module)
+        for group in groups:
+            if 'betas' in group:
+                group['betas'] = tuple(group['betas'])
+        if 'decay_rate' in self.paramwise_cfg:
+            self._apply_lr_decay(groups, module)
+        if self.paramwise_cfg.get('merge_groups', True):
+            groups = self._merge(groups)
+        params.extend(groups)
+
+    def _apply_lr_decay(self, groups: List[dict], model: nn.Module) -> None:
+        """Scale each group's lr by its layer's decay; no weight decay on 1-D/bias/tokens."""
+        if not hasattr(model, 'backbone'):
+            raise ValueError('paramwise_cfg.decay_rate needs a model with a `backbone`')
+        layer_id = _layer_id_fn(model.backbone, self.paramwise_cfg.get('decay_type',
+                                                                        'layer_wise'))
+        num_layers = self.paramwise_cfg['num_layers']
+        decay_rate = self.paramwise_cfg['decay_rate']
+        names = {p: n for n, p in model.named_parameters()}
+        for group in groups:
+            param = group['params'][0]
+            name = names[param]
+            lid = layer_id(name, num_layers)
+            if lid > num_layers + 1:
+                raise ValueError(f'{name} has layer id {lid} > num_layers + 1: '
+                                 f'paramwise_cfg.num_layers={num_layers} is too small for '
+                                 'this backbone')
+            group['lr'] = group.get('lr', self.base_lr) * decay_rate**(num_layers + 1 - lid)
+            if param.ndim == 1 or name.endswith('.bias') or name.split('.')[-1] in (
+                    'pos_embed', 'cls_token'):
+                group['weight_decay'] = 0.
+
+    def _merge(self, groups: List[dict]) -> List[dict]:
+        """One group per distinct hyper-parameter set, in order of first appearance."""
+        base = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
+        merged = {}
+        for group in groups:
+            settings = {k: v for k, v in group.items() if k not in _MEMBER_KEYS}
+            key = _freeze({**base, **settings})
+            merged.setdefault(key, settings)
+            for k in _MEMBER_KEYS:
+                if k in group:
+                    merged[key].setdefault(k, []).extend(group[k])
+        return list(merged.values())
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        optim_wrapper = super().__call__(model)
+        _log_groups(optim_wrapper.optimizer)
+        return optim_wrapper
+
+
+def _is_fame(optimizer_type) -> bool:
+    if isinstance(optimizer_type, str):
+        with OPTIMIZERS.switch_scope_and_registry(None) as registry:
+            optimizer_type = registry.get(optimizer_type)
+    return isinstance(optimizer_type, type) and issubclass(optimizer_type, FAME)
+
+
+def _freeze(value):
+    """A hashable stand-in for a group's settings (configs hold lists and dicts)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _log_groups(optimizer) -> None:
+    """One line per group: size, lr, weight_decay and every key that differs from the defaults."""
+    def fmt(value):
+        return f'{value:.4g}' if isinstance(value, float) else str(value)
+
+    lines = [f'{type(optimizer).__name__}: {len(optimizer.param_groups)} param groups']
+    for i, group in enumerate(optimizer.param_groups):
+        shown = [('lr', group['lr']), ('weight_decay', group.get('weight_decay'))]
+        shown += [(k, v) for k, v in group.items()
+                  if k not in (*_MEMBER_KEYS, 'lr', 'weight_decay')
+                  and (k not in optimizer.defaults or v != optimizer.defaults[k])]
+        lines.append(f'  group {i}: {len(group["params"])} params, '
+                     + ', '.join(f'{k}={fmt(v)}' for k, v in shown))
+    print_log('\n'.join(lines), logger='current')
+
+
+# Layer ids of mmdet/mmseg layer_decay_optimizer_constructor.py. Upstream calls its functions
+# with max_layer_id = num_layers (ConvNeXt layer_wise) or num_layers + 2 (the others); written
+# here in terms of the config's num_layers. Other parameters (neck, head) get num_layers + 1.
+def _convnext_layer_id(name: str, num_layers: int) -> int:
+    parts = name.split('.')
+    if name in _TOKENS:
+        return 0
+    if name.startswith('backbone.downsample_layers'):
+        return (0, 2, 3, num_layers)[int(parts[2])]
+    if name.startswith('backbone.stages'):
+        stage, block = int(parts[2]), int(parts[3])
+        return (1, 2, 3 + block // 3, num_layers)[stage]
+    return num_layers + 1
+
+
+def _stage_id(name: str, num_layers: int) -> int:
+    """get_stage_id_for_convnext; also Swin's patch_embed/absolute_pos_embed/stages.N."""
+    if name in _TOKENS or name.startswith(('backbone.downsample_layers', 'backbone.patch_embed',
+                                           'backbone.absolute_pos_embed')):
+        return 0
+    if name.startswith('backbone.stages'):
+        return int(name.split('.')[2]) + 1
+    return num_layers + 1
+
+
+def _vit_layer_id(name: str, num_layers: int) -> int:
+    if name in _TOKENS or name.startswith('backbone.patch_embed'):
+        return 0
+    if name.startswith('backbone.layers'):
+        return int(name.split('.')[2]) + 1
+    return num_layers + 1
+
+
+def _swin_layer_id_fn(depths: List[int]):
+    """Swin (no upstream version): block k overall (1-based) gets id k, a stage's patch merging
+    the id of that stage's last block, patch_embed and absolute_pos_embed 0."""
+
+    def layer_id(name: str, num_layers: int) -> int:
+        parts = name.split('.')
+        if name.startswith(('backbone.patch_embed', 'backbone.absolute_pos_embed')):
+            return 0
+        if name.startswith('backbone.stages'):
+            stage = int(parts[2])
+            if parts[3] == 'blocks':
+                return sum(depths[:stage]) + int(parts[4]) + 1
+            return sum(depths[:stage + 1])
+        return num_layers + 1
+
+    return layer_id
+
+
+def _layer_id_fn(backbone: nn.Module, decay_type: str):
+    """Pick the layer-id function by the backbone's class name, as upstream does."""
+    cls = type(backbone).__name__
+    if decay_type == 'stage_wise' and ('ConvNeXt' in cls or 'Swin' in cls):
+        return _stage_id
+    if decay_type == 'layer_wise':
+        if 'ConvNeXt' in cls:
+            return _convnext_layer_id
+        if 'Swin' in cls:
+            return _swin_layer_id_fn([len(stage.blocks) for stage in backbone.stages])
+        if any(k in cls for k in ('ViT', 'VisionTransformer', 'BEiT', 'MAE')):
+            return _vit_layer_id
+    raise ValueError(f'paramwise_cfg.decay_type={decay_type!r} is not supported for backbone '
+                     f'{cls}: layer_wise supports ConvNeXt, Swin and ViT/BEiT/MAE; stage_wise '
+                     'supports ConvNeXt and Swin')
