@@ -11,8 +11,8 @@ Under ``TRITON_INTERPRET=1`` (set before this module is imported) the same kerne
 tensors in Triton's interpreter: slow, but it lets CI check the kernel without a GPU.
 """
 import math
+import operator
 import os
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -160,11 +160,13 @@ if triton is not None:
                                 WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE, MANUAL_BF16_ROUNDING)
 
 
-class _Tables:
-    """Address and chunk tables for one list of tensors, on their device."""
+class _Batch:
+    """Address and chunk tables, on the device, for the tensors of one (device, dtype)."""
 
-    def __init__(self, device, lists, steps):
-        numels = torch.tensor([t.numel() for t in lists[0]], dtype=torch.int64)
+    def __init__(self, device, dtype, lists, steps):
+        p_, g_, m1_ = lists[:3]
+        _check_tensors(device, p_, g_, m1_, steps)
+        numels = torch.tensor([t.numel() for t in p_], dtype=torch.int64)
         chunk = BLOCK * ITERS
         chunks = (numels + chunk - 1) // chunk
         chunk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
@@ -174,10 +176,44 @@ class _Tables:
                        - first[chunk_tensor.long()]) * chunk
         ptrs = [torch.tensor([t.data_ptr() for t in l], dtype=torch.int64) if l else None
                 for l in (*lists, steps)]
-        self.aligned = all(int(x) % 16 == 0 for ptr in ptrs[:-1] if ptr is not None for x in ptr)
         host = [chunk_tensor, chunk_start, numels, *ptrs]
-        self.grid = (len(chunk_tensor),)
+        self.device, self.steps, self.grid = device, steps, (len(chunk_tensor),)
         self.tensors = [None if h is None else _to_device(h, None, device) for h in host]
+        self.aligned = all(int(x) % 16 == 0 for ptr in ptrs[:-1] if ptr is not None for x in ptr)
+        self.dtypes = tuple(_TL_DTYPES[l[0].dtype] for l in (p_, g_, m1_))
+
+
+class _Plan:
+    """The batches for one step's tensor lists, reused while the same tensors come back.
+
+    It keeps the state tensors it was built from (so identity checks stay valid) and compares
+    param/grad addresses every step: new grads, moved params or new state rebuild it.
+    """
+
+    def __init__(self, lists, amsgrad):
+        self.ptrs = _addresses(lists[:2])
+        self.states = lists[2:] if amsgrad else lists[2:6] + lists[7:]
+        if any(torch.is_complex(p) for p in lists[0]):
+            lists = [list(l) for l in lists]
+            _view_as_real(*(lists[:7] if amsgrad else lists[:6]))
+        grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
+        self.batches = []
+        for (device, dtype), (tensors, _) in grouped.items():
+            *data, vmax, steps = tensors
+            self.batches.append(_Batch(device, dtype, [*data, vmax if amsgrad else []], steps))
+
+    def matches(self, lists, amsgrad) -> bool:
+        states = lists[2:] if amsgrad else lists[2:6] + lists[7:]
+        return (all(map(_same_objects, self.states, states))
+                and self.ptrs == _addresses(lists[:2]))
+
+
+def _addresses(lists):
+    return tuple(tuple(map(Tensor.data_ptr, l)) for l in lists)
+
+
+def _same_objects(a, b) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _to_device(values, dtype, device) -> Tensor:
@@ -188,24 +224,7 @@ def _to_device(values, dtype, device) -> Tensor:
     return host
 
 
-# Tables are rebuilt only when some address changes (new grads, new state, params moved).
-_CACHE: 'OrderedDict[tuple, _Tables]' = OrderedDict()
-_CACHE_SIZE = 16
-
-
-def _tables(device, lists, steps) -> _Tables:
-    key = (device, BLOCK * ITERS, *(tuple(map(Tensor.data_ptr, l)) for l in (*lists, steps)))
-    tables = _CACHE.get(key)
-    if tables is None:
-        tables = _CACHE[key] = _Tables(device, lists, steps)
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
-    return tables
-
-
-def _check_tensors(device, params, grads, exp_avgs) -> None:
+def _check_tensors(device, params, grads, exp_avgs, steps) -> None:
     if device.type != 'cuda' and not (INTERPRET and device.type == 'cpu'):
         raise RuntimeError(
             f'FAME(fused=True) runs a Triton kernel on CUDA tensors, but the parameters are on '
@@ -220,50 +239,50 @@ def _check_tensors(device, params, grads, exp_avgs) -> None:
                 and g.shape == p.shape) for p, g, m in zip(params, grads, exp_avgs)):
         raise RuntimeError('FAME(fused=True) needs contiguous parameters and gradients of '
                            'the same shape; use foreach=True for strided tensors')
+    if any(s.device != device for s in steps):
+        raise RuntimeError("FAME(fused=True): state 'step' must be on the parameters' device; "
+                           'load the state dict into a fused optimizer instead')
 
 
 def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
                state_steps, *, grad_scale, found_inf, has_complex, amsgrad, beta1, beta2, beta3,
-               beta4, lr, weight_decay, eps, decoupled_weight_decay, maximize):
-    """Fused FAME step; same arguments as the other implementations in ``fame.py``."""
+               beta4, lr, weight_decay, eps, decoupled_weight_decay, maximize, plans=None):
+    """Fused FAME step; same arguments as the other implementations in ``fame.py``.
+
+    ``plans`` (a dict owned by the optimizer) keeps the device tables between steps, so a
+    step's host work is an address comparison and one launch per (device, dtype).
+    """
     require_triton()
     if isinstance(lr, Tensor):
         lr = lr.item()
-    if has_complex:
-        params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs = map(
-            list, (params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs))
-        max_exp_avg_sqs = list(max_exp_avg_sqs)
-        _view_as_real(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
-                      *([max_exp_avg_sqs] if amsgrad else []))
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
-         state_steps])
-    for (device, dtype), (tensors, _) in grouped.items():
-        p_, g_, m1_, m2_, m3_, v_, vmax_, steps = tensors
-        _check_tensors(device, p_, g_, m1_)
-        if steps[0].device != device:
-            raise RuntimeError('FAME(fused=True): state `step` must be on the parameters\' '
-                               'device; load the state dict into a fused optimizer instead')
-        torch._foreach_add_(steps, 1)
-        lists = (p_, g_, m1_, m2_, m3_, v_, vmax_ if amsgrad else [])
-        tables = _tables(device, lists, steps)
+    lists = [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
+             state_steps]
+    key = (BLOCK * ITERS, amsgrad, len(params))
+    plan = plans.get(key) if plans is not None else None
+    if plan is None or not plan.matches(lists, amsgrad):
+        plan = _Plan(lists, amsgrad)
+        if plans is not None:
+            plans[key] = plan
+    for batch in plan.batches:
+        device = batch.device
+        torch._foreach_add_(batch.steps, 1)
         scale = grad_scale.to(device) if grad_scale is not None else None
         inf = found_inf.to(device) if found_inf is not None else None
         hyper = _to_device([lr, beta1, beta2, beta3, beta4, eps, weight_decay, _ln(beta1),
                             _ln(beta2)], torch.float64, device)
-        t = tables.tensors
-        _fame_kernel[tables.grid](
+        t = batch.tensors
+        p_dtype, g_dtype, state_dtype = batch.dtypes
+        _fame_kernel[batch.grid](
             t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8],
             t[9] if amsgrad else t[8], t[10],
             scale if scale is not None else hyper, inf if inf is not None else hyper, hyper,
-            P_DTYPE=_TL_DTYPES[dtype], G_DTYPE=_TL_DTYPES[g_[0].dtype],
-            CT=_TL_DTYPES[m1_[0].dtype], AMSGRAD=amsgrad, MAXIMIZE=maximize,
-            WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
+            P_DTYPE=p_dtype, G_DTYPE=g_dtype, CT=state_dtype, AMSGRAD=amsgrad,
+            MAXIMIZE=maximize, WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
             HAS_GRAD_SCALE=scale is not None, HAS_FOUND_INF=inf is not None,
-            ALIGNED=tables.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS,
+            ALIGNED=batch.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS,
             num_warps=NUM_WARPS)
         if inf is not None:
-            torch._foreach_sub_(steps, [inf] * len(steps))
+            torch._foreach_sub_(batch.steps, [inf] * len(batch.steps))
 
 
 def _ln(beta: float) -> float:

@@ -7,6 +7,7 @@ and a ``fused`` single-pass Triton kernel (``_triton_fame``).
 """
 import math
 from collections import defaultdict
+from functools import partial
 from itertools import chain
 from typing import Iterator, List, Optional, Tuple, Union
 
@@ -84,6 +85,7 @@ class FAME(Optimizer):
                         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
+        self._fused_plans = {}
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -99,6 +101,7 @@ class FAME(Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._fused_plans = {}  # device tables of the fused path; rebuilt from the new state
         for group in self.param_groups:
             group.setdefault('beta3', 0.3)
             group.setdefault('beta4', 0.7)
@@ -110,36 +113,35 @@ class FAME(Optimizer):
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
                     max_exp_avg_sqs, state_steps) -> bool:
-        has_complex = False
+        amsgrad, fused = group['amsgrad'], group['fused']
         for p in group['params']:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError('FAME does not support sparse gradients; use dense gradients '
                                    '(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam')
-            has_complex |= torch.is_complex(p)
-            params.append(p)
-            grads.append(p.grad)
             state = self.state[p]
             if len(state) == 0:
                 # Step lives on the device for the fused kernel (found_inf without host sync),
                 # as a CPU scalar otherwise (cheap to read), like torch.optim.Adam.
                 state['step'] = (torch.zeros((), dtype=torch.float32, device=p.device)
-                                 if group['fused'] else
-                                 torch.tensor(0.0, dtype=_get_scalar_dtype()))
+                                 if fused else torch.tensor(0.0, dtype=_get_scalar_dtype()))
                 for key in MOMENT_KEYS:
                     state[key] = torch.zeros_like(p, dtype=_state_dtype(p),
                                                   memory_format=torch.preserve_format)
-            if group['amsgrad'] and AMSGRAD_KEY not in state:
-                state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
+            if amsgrad:
+                if AMSGRAD_KEY not in state:
+                    state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
+                max_exp_avg_sqs.append(state[AMSGRAD_KEY])
+            params.append(p)
+            grads.append(grad)
             exp_avgs.append(state['exp_avg'])
             exp_avg_2s.append(state['exp_avg_2'])
             exp_avg_3s.append(state['exp_avg_3'])
             exp_avg_sqs.append(state['exp_avg_sq'])
-            if group['amsgrad']:
-                max_exp_avg_sqs.append(state[AMSGRAD_KEY])
             state_steps.append(state['step'])
-        return has_complex
+        return any(map(torch.is_complex, params))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -181,7 +183,8 @@ class FAME(Optimizer):
                  foreach=group['foreach'],
                  fused=group['fused'],
                  grad_scale=getattr(self, 'grad_scale', None),
-                 found_inf=getattr(self, 'found_inf', None))
+                 found_inf=getattr(self, 'found_inf', None),
+                 fused_plans=self._fused_plans)
         return loss
 
     def load_state_dict(self, state_dict):
@@ -276,6 +279,7 @@ def fame(params: List[Tensor],
          grad_scale: Optional[Tensor] = None,
          found_inf: Optional[Tensor] = None,
          has_complex: bool = False,
+         fused_plans: Optional[dict] = None,
          *,
          amsgrad: bool,
          beta1: float,
@@ -291,7 +295,8 @@ def fame(params: List[Tensor],
     if fused is None and foreach is None:
         fused, foreach = _default_impl(params)
     if fused:
-        from ._triton_fame import fused_fame as func
+        from ._triton_fame import fused_fame
+        func = partial(fused_fame, plans=fused_plans)
     else:
         if grad_scale is not None or found_inf is not None:
             # A non-fused group of an optimizer whose fused groups asked GradScaler to defer:
