@@ -1,0 +1,151 @@
+"""Distributed training with OpenMMLab's launchers on machines without CUDA.
+
+mmengine 0.10.x assumes a GPU per process in four places. Without CUDA
+(``torch.cuda.is_available()`` is False), :func:`setup_cpu_distributed` changes exactly these and
+nothing else:
+
+1. ``env_cfg.dist_cfg.backend``: ``'nccl'`` (the default of every mmdet/mmseg runtime) becomes
+   ``'gloo'``. Any other backend a config names is kept.
+2. ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device(local_rank)`` unconditionally for the
+   pytorch, slurm and mpi launchers (a CPU torch raises there). Its private launcher functions
+   ``_init_dist_{pytorch,slurm,mpi}`` are wrapped so that ``torch.cuda.set_device`` is a no-op
+   *while they run*; everything else they do (RANK/WORLD_SIZE/LOCAL_RANK, and for slurm
+   MASTER_ADDR from ``scontrol show hostname $SLURM_NODELIST`` and MASTER_PORT) is upstream's.
+3. ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to ``MMDistributedDataParallel``, which
+   DDP refuses for a CPU module: ``model_wrapper_cfg`` is pointed at ``MMFameCPUDDP``, a builder
+   registered in mmengine's ``MODEL_WRAPPERS`` that returns a plain ``MMDistributedDataParallel``
+   built without ``device_ids`` (same ``broadcast_buffers=False`` and ``find_unused_parameters``
+   defaults as upstream; a config's own options are kept).
+4. SyncBN refuses CPU tensors: the builder reverts SyncBN layers (torch's and mmcv's) to BatchNorm,
+   after ``Runner`` applied ``cfg.sync_bn``, as ``Runner`` itself does for non-distributed runs.
+
+:func:`finalize_distributed` adds a ``dist.barrier()`` before ``destroy_process_group()`` at the end
+of a CPU run (gloo otherwise aborts sporadically when one rank exits first).
+
+With CUDA available, or with ``launcher='none'``, every function here returns without changing
+anything: GPU runs behave exactly as upstream's tools.
+"""
+import functools
+from typing import Any, Optional
+
+import torch
+
+__all__ = [
+    'cuda_available', 'setup_cpu_distributed', 'patch_init_dist_for_cpu',
+    'finalize_distributed', 'MMFameCPUDDP', 'CPU_DDP_TYPE'
+]
+
+CPU_DDP_TYPE = 'MMFameCPUDDP'
+_DDP_TYPES = ('MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
+
+
+def cuda_available() -> bool:
+    """The one switch between upstream behaviour (True) and the CPU adaptations (False)."""
+    return torch.cuda.is_available()
+
+
+class MMFameCPUDDP:
+    """Builds ``MMDistributedDataParallel(module, device_ids=None, ...)`` for a CPU module.
+
+    Not a ``DistributedDataParallel`` subclass on purpose: ``Runner.wrap_model`` adds
+    ``device_ids=[LOCAL_RANK]`` only for those. ``__new__`` returns the real
+    ``MMDistributedDataParallel``: checkpoints, hooks and ``is_model_wrapper`` see the usual type.
+    """
+
+    def __new__(cls, module, **kwargs):  # type: ignore[misc]
+        from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+        module = revert_sync_batchnorm(module)
+        kwargs.pop('device_ids', None)
+        kwargs.pop('output_device', None)
+        return MMDistributedDataParallel(module=module, device_ids=None, **kwargs)
+
+
+def _register_wrapper() -> None:
+    from mmengine.registry import MODEL_WRAPPERS
+    if MODEL_WRAPPERS.get(CPU_DDP_TYPE) is None:
+        MODEL_WRAPPERS.register_module(name=CPU_DDP_TYPE, module=MMFameCPUDDP)
+
+
+def _noop_set_device(device: Any) -> None:
+    return None
+
+
+def _without_cuda_set_device(fn):
+    """Wrap an mmengine launcher function: ``torch.cuda.set_device`` is a no-op during the call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        original = torch.cuda.set_device
+        torch.cuda.set_device = _noop_set_device
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_device = original
+
+    wrapper._mmfame_cpu_wrapped = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def patch_init_dist_for_cpu() -> bool:
+    """Make ``mmengine.dist.init_dist`` work without CUDA (see module docstring, item 2).
+
+    Only acts when CUDA is unavailable; idempotent. Returns whether the patch is in place.
+    """
+    if cuda_available():
+        return False
+    from mmengine.dist import utils as dist_utils
+    for name in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi'):
+        fn = getattr(dist_utils, name, None)
+        if fn is not None and not getattr(fn, '_mmfame_cpu_wrapped', False):
+            setattr(dist_utils, name, _without_cuda_set_device(fn))
+    return True
+
+
+def setup_cpu_distributed(cfg) -> bool:
+    """Adapt a Runner config for a distributed launcher on a machine without CUDA.
+
+    Does nothing (returns False) when CUDA is available or ``cfg.launcher`` is ``'none'``.
+    Otherwise rewrites ``env_cfg.dist_cfg.backend`` and ``model_wrapper_cfg`` in place, patches
+    ``init_dist`` and returns True.
+    """
+    launcher = cfg.get('launcher', 'none')
+    if launcher in (None, 'none') or cuda_available():
+        return False
+    from mmengine.config import ConfigDict
+
+    # (Config/ConfigDict may copy a dict on assignment: re-read what was stored)
+    if cfg.get('env_cfg') is None:
+        cfg['env_cfg'] = ConfigDict()
+    env_cfg = cfg['env_cfg']
+    if env_cfg.get('dist_cfg') is None:
+        env_cfg['dist_cfg'] = ConfigDict()
+    dist_cfg = env_cfg['dist_cfg']
+    if dist_cfg.get('backend', 'nccl') == 'nccl':  # mmengine's default is nccl
+        dist_cfg['backend'] = 'gloo'
+
+    _register_wrapper()
+    wrapper_cfg: Optional[dict] = cfg.get('model_wrapper_cfg')
+    if wrapper_cfg is None:
+        cfg['model_wrapper_cfg'] = ConfigDict(
+            type=CPU_DDP_TYPE,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    elif wrapper_cfg.get('type', 'MMDistributedDataParallel') in _DDP_TYPES:
+        wrapper_cfg['type'] = CPU_DDP_TYPE
+    # Other wrappers (FSDP, DeepSpeed, ...) are left alone: they have their own device handling.
+
+    patch_init_dist_for_cpu()
+    return True
+
+
+def finalize_distributed() -> None:
+    """At the end of a CPU run: ``barrier()`` then ``destroy_process_group()``.
+
+    Upstream tools never destroy the process group; with CUDA this does nothing.
+    """
+    if cuda_available():
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

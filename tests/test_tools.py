@@ -1,0 +1,608 @@
+"""End-to-end tests of tools/ (train.py, test.py, dist_train.sh, slurm_train.sh) on CPU.
+
+Everything runs for real on the synthetic demo data (mmfame.datasets.demo) with the demo configs
+(configs/demo, random init): a few iterations on a handful of small images, data loaders without
+workers. The slow tests are marked ``slow`` but run by default.
+
+* train/test of one detection and one segmentation config through tools/train.py and tools/test.py;
+* ``--resume`` (bare: auto-resume the latest checkpoint) continues bit-identically: weights and the
+  FAME optimizer state after N + N resumed iterations equal those of an uninterrupted 2N run;
+* ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo) and ``tools/slurm_train.sh`` on a real
+  single-node Slurm (slurmctld + slurmd + munge, started by tests/slurm/start.sh as root) train
+  with 2 processes whose final weights agree;
+* mmfame.utils: checkpoints load with ``torch.load(weights_only=True)`` after
+  ``register_checkpoint_safe_globals`` (and not before), the CPU adaptations are no-ops with CUDA.
+"""
+import copy
+import glob
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
+pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(REPO, 'tools')
+PY = sys.executable
+N = 2  # iterations before the checkpoint the resume test continues from; runs go to 2N
+TOOL_TIMEOUT = 900  # seconds per tool run (generous: CI machines are slow and shared)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _demo_config(pattern):
+    found = sorted(glob.glob(osp.join(REPO, 'configs', 'demo', pattern)))
+    return found[0] if found else None
+
+
+DET_CFG = _demo_config('*_fame_*coco*.py')
+SEG_CFG = _demo_config('*_fame_*ade*.py')
+
+
+def _need(cfg, what):
+    if cfg is None:
+        pytest.skip(f'no {what} FAME demo config in configs/demo yet')
+    return cfg
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    # the tool scripts call `python`/`srun python`: make it this interpreter
+    env['PATH'] = osp.dirname(PY) + os.pathsep + env.get('PATH', '')
+    env['PYTHON'] = PY
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)  # the safe-globals path must do the work
+    env.pop('TORCH_FORCE_WEIGHTS_ONLY_LOAD', None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_tool(cmd, env=None, timeout=TOOL_TIMEOUT):
+    """Run a tool from the repository root; fail with the tail of its output if it fails."""
+    proc = subprocess.run(cmd, cwd=REPO, env=env or _env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f'{" ".join(map(str, cmd))} exited {proc.returncode}:\n'
+                    + proc.stdout[-6000:])
+    return proc.stdout
+
+
+def _pipeline_resize_options(prefix, pipeline, size):
+    """cfg-options setting the scale of every (Random)Resize/RandomCrop in a pipeline."""
+    opts = []
+    for i, t in enumerate(pipeline):
+        kind = t.get('type', '')
+        if kind in ('Resize', 'RandomResize'):
+            opts.append(f'{prefix}.{i}.scale=({size},{size})')
+            if kind == 'RandomResize':
+                opts.append(f'{prefix}.{i}.ratio_range=(1.0,1.0)')
+        elif kind == 'RandomCrop':
+            opts.append(f'{prefix}.{i}.crop_size=({size},{size})')
+    return opts
+
+
+def cfg_options(cfg_path, data, *, max_iters, ckpt_interval, size, extra=()):
+    """``--cfg-options`` that point a demo config at the tmp demo data and make the run tiny.
+
+    Derived from the config itself (pipeline indices, data_root keys), so the tests follow edits
+    of the demo configs. Data loaders without workers, batch 2, seed 0, validation at the end.
+    """
+    cfg = Config.fromfile(cfg_path, import_custom_modules=False)
+    scope = cfg.get('default_scope')
+    root = data['coco' if scope == 'mmdet' else 'ade']['data_root'].rstrip('/') + '/'
+    opts = []
+    for split in ('train', 'val', 'test'):
+        key = f'{split}_dataloader'
+        if key not in cfg:
+            continue
+        opts += [f'{key}.dataset.data_root={root}', f'{key}.num_workers=0',
+                 f'{key}.persistent_workers=False']
+        if split == 'train':
+            opts.append(f'{key}.batch_size=2')
+        else:
+            opts.append(f'{key}.batch_size=1')
+        pipeline = cfg[key].dataset.get('pipeline', [])
+        opts += _pipeline_resize_options(f'{key}.dataset.pipeline', pipeline, size)
+    for split in ('val', 'test'):
+        ev = cfg.get(f'{split}_evaluator')
+        if isinstance(ev, dict) and 'ann_file' in ev:
+            opts.append(f'{split}_evaluator.ann_file={root}annotations/'
+                        + osp.basename(ev['ann_file']))
+    if scope == 'mmdet':
+        # random init scores sit near the 0.01 prior: keep them so that mAP is computed
+        opts.append('model.test_cfg.score_thr=0.0')
+    if scope == 'mmseg' and 'data_preprocessor' in cfg.model and \
+            cfg.model.data_preprocessor.get('size') is not None:
+        opts.append(f'model.data_preprocessor.size=({size},{size})')
+    opts += [
+        f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=1000',
+        f'default_hooks.checkpoint.interval={ckpt_interval}',
+        'default_hooks.checkpoint.max_keep_ckpts=-1', 'default_hooks.logger.interval=1',
+        'randomness.seed=0'
+    ]
+    return ['--cfg-options', *opts, *extra]
+
+
+def _load(path):
+    # test-written, trusted files: no allowlist needed in the test process
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def _last_log(work_dir):
+    logs = sorted(glob.glob(osp.join(work_dir, '*', '*.log')))
+    assert logs, f'no log under {work_dir}'
+    with open(logs[-1]) as f:
+        return f.read()
+
+
+HASH_HOOK = '''\
+import hashlib
+import os
+
+from mmengine.dist import get_rank, get_world_size
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module(force=True)
+class RankWeightsHashHook(Hook):
+    """Test helper: every rank writes world size, wrapper type and a hash of its parameters."""
+
+    def after_run(self, runner):
+        model = runner.model
+        wrapper = type(model).__name__
+        model = getattr(model, 'module', model)
+        h = hashlib.sha256()
+        for name, p in sorted(model.named_parameters()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        path = os.path.join(runner.work_dir, f'weights_rank{get_rank()}.txt')
+        with open(path, 'w') as f:
+            f.write(f'{get_world_size()} {wrapper} {h.hexdigest()}\\n')
+'''
+
+
+@pytest.fixture(scope='module')
+def hash_config(tmp_path_factory):
+    """A child of the detection demo config whose ranks write their weights' hash at the end."""
+    cfg = _need(DET_CFG, 'detection')
+    d = tmp_path_factory.mktemp('hashcfg')
+    (d / 'mmfame_rank_hash_hook.py').write_text(HASH_HOOK)
+    (d / 'det_hash.py').write_text(textwrap.dedent(f'''\
+        _base_ = {cfg!r}
+        custom_imports = dict(imports=['mmfame', 'mmfame_rank_hash_hook'],
+                              allow_failed_imports=False)
+        custom_hooks = [dict(type='RankWeightsHashHook')]
+        '''))
+    return str(d / 'det_hash.py'), str(d)
+
+
+def _rank_hashes(work_dir, world_size):
+    lines = []
+    for r in range(world_size):
+        with open(osp.join(work_dir, f'weights_rank{r}.txt')) as f:
+            lines.append(f.read().split())
+    for ws, wrapper, _ in lines:
+        assert int(ws) == world_size
+        assert wrapper == 'MMDistributedDataParallel'
+    return {h for _, _, h in lines}
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+    from mmfame.datasets.demo import make_demo
+    root = tmp_path_factory.mktemp('demo_data')
+    return make_demo(str(root), num_train=8, num_val=2, img_size=(64, 64), seed=0)
+
+
+@pytest.fixture(scope='module')
+def det_run(demo_data, tmp_path_factory):
+    """tools/train.py on the detection demo config: 2N iterations, checkpoints every N."""
+    cfg = _need(DET_CFG, 'detection')
+    work = str(tmp_path_factory.mktemp('det_run'))
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work] + cfg_options(
+        cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64))
+    return dict(cfg=cfg, work_dir=work, stdout=out)
+
+
+# ------------------------------------------------------------------------------ train / test
+@pytest.mark.slow
+def test_train_detection(det_run):
+    work = det_run['work_dir']
+    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
+    assert osp.isfile(osp.join(work, f'iter_{2 * N}.pth'))
+    log = _last_log(work)
+    assert f'Iter(train) [{2 * N}/{2 * N}]' in log
+    assert "type='FAME'" in log
+    assert 'coco/bbox_mAP' in log  # validation at the end
+    ckpt = _load(osp.join(work, f'iter_{2 * N}.pth'))
+    state = ckpt['optimizer']['state']
+    assert state and all({'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq', 'step'} <= set(s)
+                         for s in state.values())
+    assert all(float(s['step']) == 2 * N for s in state.values())
+
+
+@pytest.mark.slow
+def test_test_detection(det_run, demo_data, tmp_path):
+    cfg = det_run['cfg']
+    out_pkl = str(tmp_path / 'results.pkl')
+    out = run_tool([PY, 'tools/test.py', cfg, osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),
+                    '--work-dir', str(tmp_path / 'test'), '--out', out_pkl] + cfg_options(
+                        cfg, demo_data, max_iters=1, ckpt_interval=1, size=64))
+    assert 'Load checkpoint from' in out
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'):
+        assert key in out
+    import pickle
+    with open(out_pkl, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 2 and 'pred_instances' in results[0]
+
+
+@pytest.mark.slow
+def test_train_and_test_segmentation(demo_data, tmp_path):
+    cfg = _need(SEG_CFG, 'segmentation')
+    work = str(tmp_path / 'seg')
+    run_tool([PY, 'tools/train.py', cfg, '--work-dir', work] + cfg_options(
+        cfg, demo_data, max_iters=N, ckpt_interval=N, size=64))
+    log = _last_log(work)
+    assert f'Iter(train) [{N}/{N}]' in log and "type='FAME'" in log
+    assert 'mIoU' in log and 'aAcc' in log
+    ckpt = osp.join(work, f'iter_{N}.pth')
+    assert osp.isfile(ckpt)
+
+    out_dir = tmp_path / 'pred'
+    out = run_tool([PY, 'tools/test.py', cfg, ckpt, '--work-dir', str(tmp_path / 'test'),
+                    '--out', str(out_dir)] + cfg_options(
+                        cfg, demo_data, max_iters=1, ckpt_interval=1, size=64))
+    assert 'Load checkpoint from' in out
+    assert 'mIoU' in out and 'aAcc' in out
+    assert len(list(out_dir.glob('*.png'))) == 2  # mmseg: --out is a directory of label maps
+
+
+# ------------------------------------------------------------------------------ resume
+@pytest.mark.slow
+def test_resume_is_bit_identical(det_run, demo_data, tmp_path):
+    """N iterations, then bare --resume to 2N == an uninterrupted 2N run (det_run)."""
+    cfg = det_run['cfg']
+    work = str(tmp_path / 'resume')
+    run_tool([PY, 'tools/train.py', cfg, '--work-dir', work] + cfg_options(
+        cfg, demo_data, max_iters=N, ckpt_interval=N, size=64))
+    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
+    assert not osp.exists(osp.join(work, f'iter_{2 * N}.pth'))
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + cfg_options(
+        cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64))
+    assert f'Auto resumed from the latest checkpoint {osp.join(work, f"iter_{N}.pth")}' in out
+    assert f'resumed epoch: 0, iter: {N}' in out
+
+    full = _load(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'))
+    resumed = _load(osp.join(work, f'iter_{2 * N}.pth'))
+    assert full['meta']['iter'] == resumed['meta']['iter'] == 2 * N
+
+    w_full, w_res = full['state_dict'], resumed['state_dict']
+    assert w_full.keys() == w_res.keys()
+    diff = [k for k in w_full if not torch.equal(w_full[k], w_res[k])]
+    assert not diff, f'weights differ after resume: {diff[:5]}'
+
+    o_full, o_res = full['optimizer'], resumed['optimizer']
+    assert o_full['state'].keys() == o_res['state'].keys()
+    for idx, s_full in o_full['state'].items():
+        s_res = o_res['state'][idx]
+        assert s_full.keys() == s_res.keys()
+        for key in s_full:  # exp_avg, exp_avg_2, exp_avg_3, exp_avg_sq, step
+            assert torch.equal(torch.as_tensor(s_full[key]), torch.as_tensor(s_res[key])), \
+                (idx, key)
+    groups_full = [{k: v for k, v in g.items() if k != 'params'} for g in o_full['param_groups']]
+    groups_res = [{k: v for k, v in g.items() if k != 'params'} for g in o_res['param_groups']]
+    assert groups_full == groups_res
+    assert full['param_schedulers'] == resumed['param_schedulers']
+
+
+# ------------------------------------------------------------------------------ launchers
+@pytest.mark.slow
+def test_dist_train_two_processes(demo_data, hash_config, tmp_path):
+    cfg, hook_dir = hash_config
+    work = str(tmp_path / 'dist')
+    env = _env(PORT=_free_port(), PYTHONPATH=hook_dir + os.pathsep
+               + os.environ.get('PYTHONPATH', ''))
+    run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work] + cfg_options(
+        cfg, demo_data, max_iters=N, ckpt_interval=N, size=64), env=env)
+    log = _last_log(work)
+    assert 'Distributed launcher: pytorch' in log and 'GPU number: 2' in log
+    assert len(_rank_hashes(work, 2)) == 1, 'ranks ended with different weights'
+    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
+
+
+@pytest.mark.slow
+def test_dist_test_two_processes(det_run, demo_data, tmp_path):
+    cfg = det_run['cfg']
+    out = run_tool(['bash', 'tools/dist_test.sh', cfg,
+                    osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'), '2',
+                    '--work-dir', str(tmp_path / 'test')] + cfg_options(
+                        cfg, demo_data, max_iters=1, ckpt_interval=1, size=64),
+                   env=_env(PORT=_free_port()))
+    assert 'coco/bbox_mAP' in out
+    assert 'Distributed launcher: pytorch' in _last_log(str(tmp_path / 'test'))
+
+
+SLURM_DIR = osp.join(REPO, 'tests', 'slurm')
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster(tmp_path_factory):
+    """A private single-node Slurm (tests/slurm/start.sh), stopped by pid files at teardown."""
+    if not hasattr(os, 'geteuid') or os.geteuid() != 0:
+        pytest.skip('a private Slurm needs root (daemons, apt-get, munge)')
+    state = str(tmp_path_factory.mktemp('slurm'))
+    env = _env(MMFAME_SLURMCTLD_PORT=_free_port(), MMFAME_SLURMD_PORT=_free_port())
+    try:
+        proc = subprocess.run(['bash', osp.join(SLURM_DIR, 'start.sh'), state], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        subprocess.run(['bash', osp.join(SLURM_DIR, 'stop.sh'), state])
+        pytest.fail('tests/slurm/start.sh timed out')
+    if proc.returncode == 2:
+        pytest.skip((proc.stdout.strip().splitlines() or ['Slurm cannot run here'])[-1])
+    if proc.returncode != 0:
+        subprocess.run(['bash', osp.join(SLURM_DIR, 'stop.sh'), state])
+        pytest.fail(f'tests/slurm/start.sh failed:\n{proc.stdout[-4000:]}')
+    try:
+        yield dict(SLURM_CONF=osp.join(state, 'slurm.conf'), partition='mmfame', state=state)
+    finally:
+        subprocess.run(['bash', osp.join(SLURM_DIR, 'stop.sh'), state], timeout=120)
+
+
+@pytest.mark.slow
+def test_slurm_train_two_tasks(slurm_cluster, demo_data, hash_config, tmp_path):
+    cfg, hook_dir = hash_config
+    work = str(tmp_path / 'slurm')
+    env = _env(SLURM_CONF=slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=2,
+               CPUS_PER_TASK=1, MASTER_PORT=_free_port(), OMP_NUM_THREADS=1,
+               PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
+        del env[k]  # never inherit an outer allocation
+    cmd = ['timeout', '-k', '30', '600', 'bash', 'tools/slurm_train.sh', slurm_cluster['partition'],
+           'mmfame-test', cfg, work] + cfg_options(
+               cfg, demo_data, max_iters=N, ckpt_interval=N, size=64)
+    run_tool(cmd, env=env, timeout=700)
+    log = _last_log(work)
+    assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
+    assert len(_rank_hashes(work, 2)) == 1, 'Slurm ranks ended with different weights'
+    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
+
+
+# ------------------------------------------------------------------------------ mmfame.utils
+CHECK_SAFE_GLOBALS = r'''
+import io, pickle, sys
+import torch
+path = sys.argv[1]
+try:
+    torch.load(path, map_location='cpu', weights_only=True)
+except pickle.UnpicklingError as e:
+    print('BEFORE: fails:', [l for l in str(e).splitlines() if 'Unsupported global' in l])
+else:
+    print('BEFORE: loads')
+from mmfame.utils import register_checkpoint_safe_globals
+assert register_checkpoint_safe_globals()
+ckpt = torch.load(path, map_location='cpu', weights_only=True)
+hub = ckpt['message_hub']['log_scalars']
+print('AFTER: loads', type(hub['train/loss']).__name__, float(hub['train/loss'].mean()))
+
+# weights_only is still on: other globals stay refused, getattr is restricted
+import argparse
+from mmengine.logging import HistoryBuffer
+for name, obj in (('Namespace', argparse.Namespace(a=1)),
+                  ('getattr', {'m': getattr(HistoryBuffer, 'mean'), 'x': print})):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, weights_only=True)
+        print('OTHER', name, 'loads')
+    except pickle.UnpicklingError:
+        print('OTHER', name, 'refused')
+from mmfame.utils import history_buffer_getattr
+try:
+    history_buffer_getattr(torch, 'load')
+    print('GETATTR torch.load allowed')
+except pickle.UnpicklingError:
+    print('GETATTR torch.load refused')
+'''
+
+
+@pytest.mark.slow
+def test_runner_checkpoint_loads_weights_only(det_run):
+    if tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < (2, 6):
+        pytest.skip('torch < 2.6 does not load with weights_only=True by default')
+    path = osp.join(det_run['work_dir'], f'iter_{N}.pth')
+    proc = subprocess.run([PY, '-c', CHECK_SAFE_GLOBALS, path], env=_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    out = proc.stdout
+    assert 'BEFORE: fails' in out, out
+    assert 'AFTER: loads HistoryBuffer' in out, out
+    assert 'OTHER Namespace refused' in out, out
+    assert 'OTHER getattr refused' in out, out  # `print` is not allowlisted
+    assert 'GETATTR torch.load refused' in out, out
+
+
+def test_checkpoint_safe_globals_list():
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    from mmfame.utils import checkpoint_safe_globals
+    safe = checkpoint_safe_globals()
+    objs = [s[0] if isinstance(s, tuple) else s for s in safe]
+    assert HistoryBuffer in objs and np.ndarray in objs and np.dtype in objs
+    assert type(np.dtype('float64')) in objs and type(np.dtype('int64')) in objs
+    assert getattr not in objs  # only the restricted stand-in
+    assert type(np.dtype(object)) not in objs and type(np.dtype('U1')) not in objs
+
+
+NO_CUDA_ONLY = 'the CPU adaptations act only on a machine without CUDA'
+
+
+def _dist_utils_functions():
+    from mmengine.dist import utils as du
+    return {n: getattr(du, n) for n in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi')}
+
+
+def _launcher_cfg(launcher='pytorch', **kw):
+    return Config(dict(launcher=launcher, env_cfg=dict(dist_cfg=dict(backend='nccl')), **kw))
+
+
+def test_cpu_compat_is_a_noop_with_cuda(monkeypatch):
+    from mmfame.utils import dist as mdist
+    monkeypatch.setattr(mdist, 'cuda_available', lambda: True)
+    before = _dist_utils_functions()
+    cfg = _launcher_cfg()
+    snapshot = copy.deepcopy(cfg.to_dict())
+    assert mdist.setup_cpu_distributed(cfg) is False
+    assert cfg.to_dict() == snapshot
+    assert mdist.patch_init_dist_for_cpu() is False
+    assert _dist_utils_functions() == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason=NO_CUDA_ONLY)
+def test_cpu_compat_config_rewrite(monkeypatch):
+    from mmengine.dist import utils as du
+
+    from mmfame.utils import CPU_DDP_TYPE, setup_cpu_distributed
+    for name, fn in _dist_utils_functions().items():
+        monkeypatch.setattr(du, name, fn)  # restored at teardown
+
+    cfg = _launcher_cfg('none')
+    assert setup_cpu_distributed(cfg) is False and 'model_wrapper_cfg' not in cfg
+
+    cfg = _launcher_cfg('pytorch', find_unused_parameters=True)
+    assert setup_cpu_distributed(cfg) is True
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg == dict(type=CPU_DDP_TYPE, broadcast_buffers=False,
+                                         find_unused_parameters=True)
+    assert all(getattr(fn, '_mmfame_cpu_wrapped', False)
+               for fn in _dist_utils_functions().values())
+
+    cfg = _launcher_cfg('slurm', model_wrapper_cfg=dict(type='MMDistributedDataParallel',
+                                                        broadcast_buffers=True))
+    cfg.env_cfg.dist_cfg.backend = 'mpi'
+    setup_cpu_distributed(cfg)
+    assert cfg.env_cfg.dist_cfg.backend == 'mpi'  # an explicit non-nccl backend is kept
+    assert cfg.model_wrapper_cfg == dict(type=CPU_DDP_TYPE, broadcast_buffers=True)
+
+    cfg = _launcher_cfg('pytorch', model_wrapper_cfg=dict(type='MMFullyShardedDataParallel'))
+    setup_cpu_distributed(cfg)
+    assert cfg.model_wrapper_cfg.type == 'MMFullyShardedDataParallel'
+
+
+INIT_DIST_CPU = r'''
+import os, sys
+import torch
+from mmengine.dist import init_dist, get_world_size
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+from mmfame.utils import CPU_DDP_TYPE, finalize_distributed, setup_cpu_distributed
+from mmengine.config import Config
+
+os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                  MASTER_PORT=sys.argv[1])
+cfg = Config(dict(launcher='pytorch'))
+assert setup_cpu_distributed(cfg)
+init_dist('pytorch', **cfg.env_cfg.dist_cfg)   # upstream would call torch.cuda.set_device
+assert get_world_size() == 1 and torch.distributed.get_backend() == 'gloo'
+assert torch.cuda.set_device.__name__ == 'set_device'  # restored after init_dist
+
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SyncBatchNorm(4))
+wrapped = MODEL_WRAPPERS.build(dict(cfg.model_wrapper_cfg), default_args=dict(module=model))
+assert type(wrapped) is MMDistributedDataParallel, type(wrapped)
+assert wrapped.device_ids is None
+assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in wrapped.modules())
+out = wrapped(torch.randn(2, 3, 8, 8))
+out.sum().backward()
+finalize_distributed()
+assert not torch.distributed.is_initialized()
+print('OK')
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason=NO_CUDA_ONLY)
+def test_init_dist_and_ddp_on_cpu():
+    """In a subprocess: init_dist would set the start method and a process group here."""
+    proc = subprocess.run([PY, '-c', INIT_DIST_CPU, str(_free_port())], env=_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stdout[-4000:]
+
+
+def _load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'mmfame_tools_{name}',
+                                                  osp.join(TOOLS, f'{name}.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize('argv,resume,local_rank', [
+    ([], None, 0),
+    (['--resume'], 'auto', 0),
+    (['--resume', 'w/iter_4.pth'], 'w/iter_4.pth', 0),
+    (['--local-rank', '3'], None, 3),
+    (['--local_rank=2'], None, 2),
+])
+def test_train_argument_surface(monkeypatch, argv, resume, local_rank):
+    train = _load_tool('train')
+    monkeypatch.delenv('LOCAL_RANK', raising=False)
+    monkeypatch.setattr(sys, 'argv', ['train.py', 'cfg.py', '--work-dir', 'w', '--amp',
+                                      '--auto-scale-lr', '--launcher', 'slurm'] + argv
+                        + ['--cfg-options', 'a.b=1', 'c=[1,2]'])
+    args = train.parse_args()
+    assert (args.config, args.work_dir, args.amp, args.auto_scale_lr) == ('cfg.py', 'w', True, True)
+    assert args.resume == resume and args.launcher == 'slurm'
+    assert args.local_rank == local_rank and os.environ['LOCAL_RANK'] == str(local_rank)
+    assert args.cfg_options == {'a.b': 1, 'c': [1, 2]}
+
+
+def test_test_argument_surface(monkeypatch):
+    test = _load_tool('test')
+    monkeypatch.setattr(sys, 'argv', [
+        'test.py', 'cfg.py', 'ckpt.pth', '--work-dir', 'w', '--out', 'r.pkl', '--show',
+        '--show-dir', 'vis', '--wait-time', '0.5', '--launcher', 'pytorch', '--tta',
+        '--cfg-options', 'x=1'
+    ])
+    args = test.parse_args()
+    assert (args.config, args.checkpoint, args.work_dir, args.out) == ('cfg.py', 'ckpt.pth', 'w',
+                                                                      'r.pkl')
+    assert args.show and args.show_dir == 'vis' and args.wait_time == 0.5
+    assert args.launcher == 'pytorch' and args.tta and args.cfg_options == {'x': 1}
+
+
+def test_shell_scripts_are_upstream_shaped():
+    for name, needle in (('dist_train.sh', '--launcher pytorch ${@:3}'),
+                         ('dist_test.sh', '--launcher pytorch'),
+                         ('slurm_train.sh', '--work-dir=${WORK_DIR} --launcher="slurm" ${PY_ARGS}'),
+                         ('slurm_test.sh', '--launcher="slurm" ${PY_ARGS}')):
+        path = osp.join(TOOLS, name)
+        assert os.access(path, os.X_OK), f'{name} is not executable'
+        with open(path) as f:
+            text = f.read()
+        assert needle in text, name
+        if name.startswith('slurm'):
+            for default in ('GPUS=${GPUS:-8}', 'GPUS_PER_NODE=${GPUS_PER_NODE:-8}',
+                            'CPUS_PER_TASK=${CPUS_PER_TASK:-5}', '--gres=gpu:${GPUS_PER_NODE}'):
+                assert default in text, (name, default)
+        proc = subprocess.run(['bash', '-n', path], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr

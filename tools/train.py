@@ -1,0 +1,168 @@
+# Copyright (c) OpenMMLab. All rights reserved. Adapted for mmfame.
+"""Train an MMDetection or MMSegmentation model (with FAME or any other optimizer).
+
+MMDetection 3.x's ``tools/train.py`` argument surface. The config's ``default_scope``
+(``mmdet``/``mmseg``) decides which package's registries the Runner uses, so one script serves
+both. Differences from upstream, none of which changes a run on GPUs:
+
+* ``import mmfame`` registers ``type='FAME'``;
+* ``--resume`` loads mmengine Runner checkpoints under torch >= 2.6 by allowlisting exactly the
+  non-tensor classes they pickle (``mmfame.utils.register_checkpoint_safe_globals``);
+* without CUDA, the distributed launchers run on gloo (``mmfame.utils.setup_cpu_distributed``).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+# Run from anywhere (python tools/train.py ...): make the repository's mmfame importable.
+_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import mmfame  # noqa: E402,F401  (registers FAME)
+from mmfame.utils import (finalize_distributed,  # noqa: E402
+                          register_checkpoint_safe_globals, setup_cpu_distributed)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a detector or a segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='enable automatically scaling LR.')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='If specify checkpoint path, resume from it, while if not '
+        'specify, try to auto resume from the latest checkpoint '
+        'in the work directory.')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # When using PyTorch version >= 2.0.0, the `torch.distributed.launch`
+    # will pass the `--local-rank` parameter to `tools/train.py` instead
+    # of `--local_rank`.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+
+    return args
+
+
+def scope_of(cfg) -> str:
+    """The OpenMMLab package whose registries the config uses (``default_scope``)."""
+    return cfg.get('default_scope', None) or 'mmengine'
+
+
+def runners_registry(scope: str):
+    """``RUNNERS`` of the config's package (mmdet/mmseg), or mmengine's."""
+    if scope == 'mmdet':
+        from mmdet.registry import RUNNERS
+    elif scope == 'mmseg':
+        from mmseg.registry import RUNNERS
+    else:
+        from mmengine.registry import RUNNERS
+    return RUNNERS
+
+
+def main():
+    args = parse_args()
+
+    # load config
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = scope_of(cfg)
+
+    if scope == 'mmdet':
+        # Reduce the number of repeated compilations and improve
+        # training speed.
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+
+    # work_dir is determined in this priority: CLI > segment in file > filename
+    if args.work_dir is not None:
+        # update configs according to CLI args if args.work_dir is not None
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        # use config filename as default work_dir if cfg.work_dir is None
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    # enable automatic-mixed-precision training
+    if args.amp is True:
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print_log('AMP training is already enabled in your config.', logger='current')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    # enable automatically scaling LR
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' in cfg and \
+                'enable' in cfg.auto_scale_lr and \
+                'base_batch_size' in cfg.auto_scale_lr:
+            cfg.auto_scale_lr.enable = True
+        else:
+            raise RuntimeError('Can not find "auto_scale_lr" or '
+                               '"auto_scale_lr.enable" or '
+                               '"auto_scale_lr.base_batch_size" in your'
+                               ' configuration file.')
+
+    # resume is determined in this priority: resume from > auto_resume
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    # Runner checkpoints (resume, load_from) under torch >= 2.6's weights_only default.
+    register_checkpoint_safe_globals()
+    # No CUDA + a distributed launcher: gloo, no device_ids, no SyncBN. No-op with CUDA.
+    setup_cpu_distributed(cfg)
+
+    # build the runner from config
+    if 'runner_type' not in cfg:
+        # build the default runner
+        runner = Runner.from_cfg(cfg)
+    else:
+        # build customized runner from the registry
+        # if 'runner_type' is set in the cfg
+        runner = runners_registry(scope).build(cfg)
+
+    # start training
+    runner.train()
+    finalize_distributed()
+
+
+if __name__ == '__main__':
+    main()
