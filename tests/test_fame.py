@@ -374,3 +374,21 @@ def test_step_size_math_matches_adam_bias_correction():
     v = 0.001 * 4.0
     expected = -0.1 / 0.1 * tema / (math.sqrt(v) / math.sqrt(0.001))
     assert torch.allclose(w, torch.full((4,), expected, dtype=torch.float64), rtol=1e-14)
+
+
+@pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and triton')
+def test_default_path_on_cuda_is_fused_and_matches_foreach(monkeypatch):
+    params = make_params('cuda', torch.float32)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    default, foreach = FAME(params, lr=1e-2), FAME(twins, lr=1e-2, foreach=True)
+    assert default._step_supports_amp_scaling  # GradScaler leaves unscaling to the kernel
+    run_steps = [(default, params), (foreach, twins)]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for opt, ps in run_steps:
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    assert default.state[params[0]]['step'].is_cuda  # the fused path keeps step on the device
+    for p, q in zip(params, twins):
+        assert torch.allclose(p, q, atol=1e-6)

@@ -23,7 +23,8 @@ MOMENT_KEYS = ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq')
 AMSGRAD_KEY = 'max_exp_avg_sq'
 # Hyper-parameters that must agree for parameter groups to share one fast-path call.
 _BATCH_KEYS = ('lr', 'betas', 'beta3', 'beta4', 'eps', 'weight_decay', 'decoupled_weight_decay',
-               'amsgrad', 'maximize', 'foreach', 'fused')
+               'amsgrad', 'maximize')
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # On CPU the foreach chain walks cache-sized slices of the parameters (elements per slice batch):
 # every pass after the first then hits cache, so memory is crossed about once per step.
 CPU_BLOCK_NUMEL = 1 << 18
@@ -90,7 +91,7 @@ class FAME(Optimizer):
     @property
     def _step_supports_amp_scaling(self) -> bool:
         """Fused groups take GradScaler's grad_scale/found_inf in step() (no host sync)."""
-        return any(group['fused'] for group in self.param_groups)
+        return any(self._resolve_impl(group)[0] for group in self.param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; its own hyper-parameters are checked like the constructor's."""
@@ -111,9 +112,9 @@ class FAME(Optimizer):
             group.setdefault('foreach', None)
             group.setdefault('fused', None)
 
-    def _init_group(self, group, params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
-                    max_exp_avg_sqs, state_steps) -> bool:
-        amsgrad, fused = group['amsgrad'], group['fused']
+    def _init_group(self, group, fused, params, grads, exp_avgs, exp_avg_2s, exp_avg_3s,
+                    exp_avg_sqs, max_exp_avg_sqs, state_steps) -> bool:
+        amsgrad = group['amsgrad']
         for p in group['params']:
             grad = p.grad
             if grad is None:
@@ -130,6 +131,10 @@ class FAME(Optimizer):
                 for key in MOMENT_KEYS:
                     state[key] = torch.zeros_like(p, dtype=_state_dtype(p),
                                                   memory_format=torch.preserve_format)
+            elif state['step'].is_cpu != (p.is_cpu or not fused):
+                # The path changed since the state was made (or loaded): move `step` once.
+                state['step'] = (state['step'].to(p.device, torch.float32) if fused else
+                                 state['step'].to('cpu', _get_scalar_dtype()))
             if amsgrad:
                 if AMSGRAD_KEY not in state:
                     state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
@@ -157,20 +162,21 @@ class FAME(Optimizer):
 
         # Groups with equal hyper-parameters go to one call, so the fast paths batch across the
         # one-group-per-parameter layout that mmengine's paramwise_cfg produces.
-        batches = defaultdict(lambda: [[] for _ in range(8)] + [False])
+        batches = {}
         for group in self.param_groups:
-            key = tuple(_hashable(group[k]) for k in _BATCH_KEYS)
-            lists = batches[key]
-            lists[8] |= self._init_group(group, *lists[:8])
-            lists.append(group)
-        for lists in batches.values():
-            group = lists[9]
+            fused, foreach = self._resolve_impl(group)
+            key = (*(_hashable(group[k]) for k in _BATCH_KEYS), fused, foreach)
+            if key not in batches:
+                batches[key] = [[] for _ in range(8)], group, fused, foreach, [False]
+            lists, _, _, _, has_complex = batches[key]
+            has_complex[0] |= self._init_group(group, fused, *lists)
+        for lists, group, fused, foreach, has_complex in batches.values():
             if not lists[0]:
                 continue
             beta1, beta2 = group['betas']
-            fame(*lists[:8],
+            fame(*lists,
                  amsgrad=group['amsgrad'],
-                 has_complex=lists[8],
+                 has_complex=has_complex[0],
                  beta1=beta1,
                  beta2=beta2,
                  beta3=group['beta3'],
@@ -180,12 +186,27 @@ class FAME(Optimizer):
                  eps=group['eps'],
                  decoupled_weight_decay=group['decoupled_weight_decay'],
                  maximize=group['maximize'],
-                 foreach=group['foreach'],
-                 fused=group['fused'],
+                 foreach=foreach,
+                 fused=fused,
                  grad_scale=getattr(self, 'grad_scale', None),
                  found_inf=getattr(self, 'found_inf', None),
                  fused_plans=self._fused_plans)
         return loss
+
+    @staticmethod
+    def _resolve_impl(group) -> Tuple[bool, bool]:
+        """(fused, foreach) for a group. None/None picks the fastest correct path, measured
+        (docs/benchmarks.md): the fused kernel for contiguous floating-point CUDA tensors when
+        Triton is there, else foreach (on CPU it beats the for-loop at every size tried)."""
+        fused, foreach = group['fused'], group['foreach']
+        if fused is not None or foreach is not None:
+            return bool(fused), bool(foreach)
+        params = group['params']
+        if params and params[0].is_cuda and _fused_available() and all(
+                p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous()
+                and (p.grad is None or p.grad.is_contiguous()) for p in params):
+            return True, False
+        return _default_impl(params)
 
     def load_state_dict(self, state_dict):
         """Load a FAME state dict; refuse other optimizers' state and keep fp32 moments.
@@ -197,7 +218,6 @@ class FAME(Optimizer):
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g['params'] for g in state_dict['param_groups'])
         params = chain.from_iterable(g['params'] for g in self.param_groups)
-        fused = {p: g['fused'] for g in self.param_groups for p in g['params']}
         for saved_id, p in zip(saved_ids, params):
             saved = state_dict['state'].get(saved_id)
             if not saved:
@@ -206,9 +226,8 @@ class FAME(Optimizer):
             for key in (*MOMENT_KEYS, AMSGRAD_KEY):
                 if key in saved:
                     state[key] = saved[key].to(device=p.device, dtype=_state_dtype(p), copy=True)
-            step = torch.as_tensor(_get_value(saved['step']), dtype=torch.float32)
-            state['step'] = (step.to(p.device) if fused[p] else
-                             step.to(_get_scalar_dtype()))
+            # On the CPU; the next step moves it to the device if that step runs fused.
+            state['step'] = torch.tensor(_get_value(saved['step']), dtype=_get_scalar_dtype())
 
 
 def _hashable(value):
@@ -315,12 +334,14 @@ def fame(params: List[Tensor],
          maximize=maximize)
 
 
-def _default_impl(params: List[Tensor]) -> Tuple[bool, bool]:
-    """(fused, foreach) for ``None``/``None``: foreach for plain CPU/CUDA tensors.
+def _fused_available() -> bool:
+    from . import _triton_fame
+    return _triton_fame.triton is not None
 
-    Measured (docs/benchmarks.md): on CPU the cache-blocked foreach chain beats the for-loop at
-    every size tried; on CUDA foreach is the default until the fused kernel is opted into.
-    """
+
+def _default_impl(params: List[Tensor]) -> Tuple[bool, bool]:
+    """(fused, foreach) of the functional API for ``None``/``None``: foreach for plain CPU/CUDA
+    tensors (the fused kernel needs the tables that the optimizer keeps)."""
     foreach = not torch.jit.is_scripting() and all(
         type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ('cpu', 'cuda')
         for p in params)
