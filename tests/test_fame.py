@@ -392,3 +392,15 @@ def test_default_path_on_cuda_is_fused_and_matches_foreach(monkeypatch):
     assert default.state[params[0]]['step'].is_cuda  # the fused path keeps step on the device
     for p, q in zip(params, twins):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and triton')
+def test_default_falls_back_to_foreach_for_a_strided_grad_but_fused_true_refuses():
+    w = torch.randn(6, 4, device='cuda', requires_grad=True)
+    w.grad = torch.randn(4, 6, device='cuda').t()  # contiguous param, strided grad
+    opt = FAME([w])
+    opt.step()
+    opt.step()
+    assert not opt.state[w]['step'].is_cuda and float(opt.state[w]['step']) == 2
+    with pytest.raises(RuntimeError, match='contiguous'):
+        FAME([w], fused=True).step()

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _view_as_real
 
+from .fame import NotFusable
+
 try:
     import triton
     import triton.language as tl
@@ -233,11 +235,11 @@ def _check_tensors(device, params, grads, exp_avgs, steps) -> None:
     for name, tensors in (('parameters', params), ('gradients', grads)):
         dtypes = {t.dtype for t in tensors}
         if len(dtypes) != 1 or not dtypes <= set(_FLOAT_DTYPES):
-            raise RuntimeError(f'FAME(fused=True) needs floating-point {name} of one dtype per '
+            raise NotFusable(f'FAME(fused=True) needs floating-point {name} of one dtype per '
                                f'group, got {sorted(map(str, dtypes))}')
     if any(not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
                 and g.shape == p.shape) for p, g, m in zip(params, grads, exp_avgs)):
-        raise RuntimeError('FAME(fused=True) needs contiguous parameters and gradients of '
+        raise NotFusable('FAME(fused=True) needs contiguous parameters and gradients of '
                            'the same shape; use foreach=True for strided tensors')
     if any(s.device != device for s in steps):
         raise RuntimeError("FAME(fused=True): state 'step' must be on the parameters' device; "

@@ -35,6 +35,10 @@ def _state_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
+class NotFusable(RuntimeError):
+    """These tensors cannot take the fused kernel (found before anything was modified)."""
+
+
 def _check_unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f'FAME: {name} must be in [0, 1), got {value}')
@@ -87,11 +91,30 @@ class FAME(Optimizer):
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
         self._fused_plans = {}
+        self._default_impls = {}
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
         """Fused groups take GradScaler's grad_scale/found_inf in step() (no host sync)."""
         return any(self._resolve_impl(group)[0] for group in self.param_groups)
+
+    def _resolve_impl(self, group) -> Tuple[bool, bool]:
+        """(fused, foreach) for a group. None/None picks the fastest correct path, measured
+        (docs/benchmarks.md): the fused kernel for contiguous floating-point CUDA tensors when
+        Triton is there, else foreach (on CPU it beats the for-loop at every size tried). The
+        choice is remembered per group while its size and device stay the same."""
+        fused, foreach = group['fused'], group['foreach']
+        if fused is not None or foreach is not None:
+            return bool(fused), bool(foreach)
+        params = group['params']
+        layout = (len(params), params[0].device if params else None)
+        remembered, impl = self._default_impls.get(id(group), (None, None))
+        if remembered != layout:
+            fusable = params and params[0].is_cuda and _fused_available() and all(
+                p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous() for p in params)
+            impl = (True, False) if fusable else _default_impl(params)
+            self._default_impls[id(group)] = layout, impl
+        return impl
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; its own hyper-parameters are checked like the constructor's."""
@@ -103,6 +126,7 @@ class FAME(Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._fused_plans = {}  # device tables of the fused path; rebuilt from the new state
+        self._default_impls = {}
         for group in self.param_groups:
             group.setdefault('beta3', 0.3)
             group.setdefault('beta4', 0.7)
@@ -167,16 +191,22 @@ class FAME(Optimizer):
             fused, foreach = self._resolve_impl(group)
             key = (*(_hashable(group[k]) for k in _BATCH_KEYS), fused, foreach)
             if key not in batches:
-                batches[key] = [[] for _ in range(8)], group, fused, foreach, [False]
-            lists, _, _, _, has_complex = batches[key]
+                batches[key] = [[] for _ in range(8)], [], fused, foreach, [False]
+            lists, groups, _, _, has_complex = batches[key]
+            groups.append(group)
             has_complex[0] |= self._init_group(group, fused, *lists)
-        for lists, group, fused, foreach, has_complex in batches.values():
-            if not lists[0]:
-                continue
-            beta1, beta2 = group['betas']
+        for lists, groups, fused, foreach, has_complex in batches.values():
+            if lists[0]:
+                self._step_batch(lists, groups, fused, foreach, has_complex[0])
+        return loss
+
+    def _step_batch(self, lists, groups, fused, foreach, has_complex) -> None:
+        group = groups[0]
+        beta1, beta2 = group['betas']
+        try:
             fame(*lists,
                  amsgrad=group['amsgrad'],
-                 has_complex=has_complex[0],
+                 has_complex=has_complex,
                  beta1=beta1,
                  beta2=beta2,
                  beta3=group['beta3'],
@@ -191,22 +221,14 @@ class FAME(Optimizer):
                  grad_scale=getattr(self, 'grad_scale', None),
                  found_inf=getattr(self, 'found_inf', None),
                  fused_plans=self._fused_plans)
-        return loss
-
-    @staticmethod
-    def _resolve_impl(group) -> Tuple[bool, bool]:
-        """(fused, foreach) for a group. None/None picks the fastest correct path, measured
-        (docs/benchmarks.md): the fused kernel for contiguous floating-point CUDA tensors when
-        Triton is there, else foreach (on CPU it beats the for-loop at every size tried)."""
-        fused, foreach = group['fused'], group['foreach']
-        if fused is not None or foreach is not None:
-            return bool(fused), bool(foreach)
-        params = group['params']
-        if params and params[0].is_cuda and _fused_available() and all(
-                p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous()
-                and (p.grad is None or p.grad.is_contiguous()) for p in params):
-            return True, False
-        return _default_impl(params)
+        except NotFusable:
+            if any(g['fused'] for g in groups):
+                raise  # asked for explicitly: say why it cannot run
+            # Chosen by default, but e.g. a gradient is strided: nothing was modified yet, so
+            # run foreach now and from then on.
+            for g in groups:
+                self._default_impls[id(g)] = (self._default_impls[id(g)][0], (False, True))
+            self._step_batch(lists, groups, False, True, has_complex)
 
     def load_state_dict(self, state_dict):
         """Load a FAME state dict; refuse other optimizers' state and keep fp32 moments.
