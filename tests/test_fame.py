@@ -31,6 +31,9 @@ CONFIGS = {
     'tema_0': dict(beta3=0.0, beta4=0.0),
     'tema_half': dict(beta3=0.5, beta4=0.5),
     'tema_099': dict(beta3=0.99, beta4=0.99, betas=(0.8, 0.99)),
+    'full': dict(sq_betas=(0.3, 0.7), weight_decay=0.05),
+    # equal decays make TEMA's weights go negative: exercises the clamp at 0
+    'full_equal_amsgrad': dict(sq_betas=(0.9, 0.9), amsgrad=True, betas=(0.5, 0.5)),
 }
 
 
@@ -82,6 +85,8 @@ def test_matches_float64_reference(device, impl, config):
     expected = {'step', 'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq'}
     if kwargs.get('amsgrad'):
         expected.add('max_exp_avg_sq')
+    if kwargs.get('sq_betas'):
+        expected |= {'exp_avg_sq_2', 'exp_avg_sq_3'}
     assert set(opt.state[params[0]]) == expected
 
 
@@ -404,3 +409,36 @@ def test_default_falls_back_to_foreach_for_a_strided_grad_but_fused_true_refuses
     assert not opt.state[w]['step'].is_cuda and float(opt.state[w]['step']) == 2
     with pytest.raises(RuntimeError, match='contiguous'):
         FAME([w], fused=True).step()
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_full_fame_clamps_a_negative_second_moment_tema(impl):
+    """A burst then silence drives 3*v - 3*v2 + v3 below zero; every path clamps it at 0
+    (before the square root) exactly like the reference."""
+    usable(impl, 'cpu')
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    kwargs = dict(lr=1e-3, betas=(0.5, 0.5), sq_betas=(0.9, 0.9), eps=1e-3)
+    ref = ReferenceFAME([w], **kwargs)
+    opt = FAME([w], **kwargs, **IMPLS[impl])
+    saw_negative = False
+    for step in range(8):
+        g = torch.full((3,), 10.0 if step == 0 else 1e-3, dtype=torch.float64)
+        w.grad = g.clone()
+        opt.step()
+        ref.step([g])
+        raw = 3 * ref.v[0] - 3 * ref.v2[0] + ref.v3[0]
+        saw_negative |= bool((raw < 0).any())
+        assert max_err(w, ref.p[0]) < 1e-12
+        assert max_err(opt.state[w]['exp_avg_sq_3'], ref.v3[0]) < 1e-15
+    assert saw_negative
+
+
+def test_full_fame_is_off_by_default_and_validated():
+    w = torch.zeros(2, requires_grad=True)
+    assert FAME([w]).defaults['sq_betas'] is None
+    with pytest.raises(ValueError, match='sq_betas'):
+        FAME([w], sq_betas=(0.5,))
+    with pytest.raises(ValueError, match=r'sq_betas\[1\]'):
+        FAME([w], sq_betas=(0.5, 1.0))
+    opt = FAME([{'params': [w], 'sq_betas': [0.3, 0.7]}])
+    assert opt.param_groups[0]['sq_betas'] == (0.3, 0.7)

@@ -44,9 +44,10 @@ if triton is not None:
                   torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
 
     @triton.jit
-    def _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n, inv_scale,
-                    lr, beta1, beta2, beta3, beta4, eps, weight_decay, step_size, bc2_sqrt,
-                    CT: tl.constexpr, MASKED: tl.constexpr, AMSGRAD: tl.constexpr,
+    def _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, v2_ptr, v3_ptr, vmax_ptr, offs,
+                    n, inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay, sq_beta2,
+                    sq_beta3, step_size, bc2_sqrt, CT: tl.constexpr, MASKED: tl.constexpr,
+                    FULL: tl.constexpr, AMSGRAD: tl.constexpr,
                     MAXIMIZE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
                     DECOUPLED: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                     MANUAL_BF16_ROUNDING: tl.constexpr):
@@ -71,8 +72,14 @@ if triton is not None:
         m3 = beta4 * m3 + (1.0 - beta4) * m2
         v = beta2 * v + (1.0 - beta2) * g * g
         vhat = v
+        if FULL:  # full FAME: TEMA of v, clamped (its weights go negative)
+            v2 = sq_beta2 * tl.load(v2_ptr + offs, mask=mask) + (1.0 - sq_beta2) * v
+            v3 = sq_beta3 * tl.load(v3_ptr + offs, mask=mask) + (1.0 - sq_beta3) * v2
+            tl.store(v2_ptr + offs, v2, mask=mask)
+            tl.store(v3_ptr + offs, v3, mask=mask)
+            vhat = tl.maximum(3.0 * v - 3.0 * v2 + v3, 0.0)
         if AMSGRAD:
-            vmax = tl.maximum(tl.load(vmax_ptr + offs, mask=mask), v)
+            vmax = tl.maximum(tl.load(vmax_ptr + offs, mask=mask), vhat)
             tl.store(vmax_ptr + offs, vmax, mask=mask)
             vhat = vmax
         tema = 3.0 * m1 - 3.0 * m2 + m3
@@ -96,9 +103,10 @@ if triton is not None:
 
     @triton.jit
     def _fame_kernel(chunk_tensor, chunk_start, numels, p_ptrs, g_ptrs, m1_ptrs, m2_ptrs,
-                     m3_ptrs, v_ptrs, vmax_ptrs, step_ptrs, grad_scale_ptr, found_inf_ptr, hyper,
-                     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, CT: tl.constexpr,
-                     AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                     m3_ptrs, v_ptrs, v2_ptrs, v3_ptrs, vmax_ptrs, step_ptrs, grad_scale_ptr,
+                     found_inf_ptr, hyper, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+                     CT: tl.constexpr, FULL: tl.constexpr, AMSGRAD: tl.constexpr,
+                     MAXIMIZE: tl.constexpr,
                      WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
                      HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
                      ALIGNED: tl.constexpr, MANUAL_BF16_ROUNDING: tl.constexpr,
@@ -114,6 +122,11 @@ if triton is not None:
         m3_ptr = tl.load(m3_ptrs + t).to(tl.pointer_type(CT))
         v_ptr = tl.load(v_ptrs + t).to(tl.pointer_type(CT))
         vmax_ptr = v_ptr
+        v2_ptr = v_ptr
+        v3_ptr = v_ptr
+        if FULL:
+            v2_ptr = tl.load(v2_ptrs + t).to(tl.pointer_type(CT))
+            v3_ptr = tl.load(v3_ptrs + t).to(tl.pointer_type(CT))
         if AMSGRAD:
             vmax_ptr = tl.load(vmax_ptrs + t).to(tl.pointer_type(CT))
         if ALIGNED:  # every base address is 16-byte aligned: allow vector loads
@@ -124,6 +137,8 @@ if triton is not None:
             m3_ptr = tl.multiple_of(m3_ptr, 16)
             v_ptr = tl.multiple_of(v_ptr, 16)
             vmax_ptr = tl.multiple_of(vmax_ptr, 16)
+            v2_ptr = tl.multiple_of(v2_ptr, 16)
+            v3_ptr = tl.multiple_of(v3_ptr, 16)
         ok = True
         if HAS_FOUND_INF:
             ok = tl.load(found_inf_ptr) == 0
@@ -138,6 +153,8 @@ if triton is not None:
         beta4 = tl.load(hyper + 4).to(CT)
         eps = tl.load(hyper + 5).to(CT)
         weight_decay = tl.load(hyper + 6).to(CT)
+        sq_beta2 = tl.load(hyper + 9).to(CT)
+        sq_beta3 = tl.load(hyper + 10).to(CT)
         # Bias corrections in fp64 from this tensor's step: 1 - beta**t = 1 - exp(t * ln(beta)).
         step = tl.load(tl.load(step_ptrs + t).to(tl.pointer_type(tl.float32))).to(tl.float64)
         bc1 = 1.0 - tl.exp(step * tl.load(hyper + 7))
@@ -149,16 +166,18 @@ if triton is not None:
             if start + BLOCK * ITERS <= n:
                 for i in tl.static_range(ITERS):
                     offs = start + i * BLOCK + tl.arange(0, BLOCK)
-                    _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n,
-                                inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay,
-                                step_size, bc2_sqrt, CT, False, AMSGRAD, MAXIMIZE,
+                    _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, v2_ptr, v3_ptr,
+                                vmax_ptr, offs, n, inv_scale, lr, beta1, beta2, beta3, beta4, eps,
+                                weight_decay, sq_beta2, sq_beta3, step_size, bc2_sqrt, CT, False,
+                                FULL, AMSGRAD, MAXIMIZE,
                                 WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE, MANUAL_BF16_ROUNDING)
             else:
                 for i in tl.static_range(ITERS):
                     offs = start + i * BLOCK + tl.arange(0, BLOCK)
-                    _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, vmax_ptr, offs, n,
-                                inv_scale, lr, beta1, beta2, beta3, beta4, eps, weight_decay,
-                                step_size, bc2_sqrt, CT, True, AMSGRAD, MAXIMIZE,
+                    _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, v2_ptr, v3_ptr,
+                                vmax_ptr, offs, n, inv_scale, lr, beta1, beta2, beta3, beta4, eps,
+                                weight_decay, sq_beta2, sq_beta3, step_size, bc2_sqrt, CT, True,
+                                FULL, AMSGRAD, MAXIMIZE,
                                 WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE, MANUAL_BF16_ROUNDING)
 
 
@@ -192,21 +211,18 @@ class _Plan:
     param/grad addresses every step: new grads, moved params or new state rebuild it.
     """
 
-    def __init__(self, lists, amsgrad):
+    def __init__(self, lists):
         self.ptrs = _addresses(lists[:2])
-        self.states = lists[2:] if amsgrad else lists[2:6] + lists[7:]
+        self.states = lists[2:]  # unused state lists (no amsgrad, default FAME) are empty
         if any(torch.is_complex(p) for p in lists[0]):
             lists = [list(l) for l in lists]
-            _view_as_real(*(lists[:7] if amsgrad else lists[:6]))
+            _view_as_real(*(l for l in lists[:-1] if l))
         grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
-        self.batches = []
-        for (device, dtype), (tensors, _) in grouped.items():
-            *data, vmax, steps = tensors
-            self.batches.append(_Batch(device, dtype, [*data, vmax if amsgrad else []], steps))
+        self.batches = [_Batch(device, dtype, tensors[:-1], tensors[-1])
+                        for (device, dtype), (tensors, _) in grouped.items()]
 
-    def matches(self, lists, amsgrad) -> bool:
-        states = lists[2:] if amsgrad else lists[2:6] + lists[7:]
-        return (all(map(_same_objects, self.states, states))
+    def matches(self, lists) -> bool:
+        return (all(map(_same_objects, self.states, lists[2:]))
                 and self.ptrs == _addresses(lists[:2]))
 
 
@@ -246,9 +262,10 @@ def _check_tensors(device, params, grads, exp_avgs, steps) -> None:
                            'load the state dict into a fused optimizer instead')
 
 
-def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
-               state_steps, *, grad_scale, found_inf, has_complex, amsgrad, beta1, beta2, beta3,
-               beta4, lr, weight_decay, eps, decoupled_weight_decay, maximize, plans=None):
+def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
+               exp_avg_sq_3s, max_exp_avg_sqs, state_steps, *, grad_scale, found_inf,
+               has_complex, amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
+               decoupled_weight_decay, maximize, sq_betas, plans=None):
     """Fused FAME step; same arguments as the other implementations in ``fame.py``.
 
     ``plans`` (a dict owned by the optimizer) keeps the device tables between steps, so a
@@ -257,12 +274,14 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max
     require_triton()
     if isinstance(lr, Tensor):
         lr = lr.item()
-    lists = [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
-             state_steps]
-    key = (BLOCK * ITERS, amsgrad, len(params))
+    full = sq_betas is not None
+    lists = [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+             exp_avg_sq_2s if full else [], exp_avg_sq_3s if full else [],
+             max_exp_avg_sqs if amsgrad else [], state_steps]
+    key = (BLOCK * ITERS, amsgrad, full, len(params))
     plan = plans.get(key) if plans is not None else None
-    if plan is None or not plan.matches(lists, amsgrad):
-        plan = _Plan(lists, amsgrad)
+    if plan is None or not plan.matches(lists):
+        plan = _Plan(lists)
         if plans is not None:
             plans[key] = plan
     for batch in plan.batches:
@@ -271,14 +290,14 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max
         scale = grad_scale.to(device) if grad_scale is not None else None
         inf = found_inf.to(device) if found_inf is not None else None
         hyper = _to_device([lr, beta1, beta2, beta3, beta4, eps, weight_decay, _ln(beta1),
-                            _ln(beta2)], torch.float64, device)
-        t = batch.tensors
+                            _ln(beta2), *(sq_betas or (0.0, 0.0))], torch.float64, device)
+        # Tables: chunk tensor/start, numels, then p, g, m1, m2, m3, v, v2, v3, vmax, step
+        # addresses; an unused table (None) is replaced by any tensor, the kernel skips it.
+        t = [x if x is not None else hyper for x in batch.tensors]
         p_dtype, g_dtype, state_dtype = batch.dtypes
         _fame_kernel[batch.grid](
-            t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8],
-            t[9] if amsgrad else t[8], t[10],
-            scale if scale is not None else hyper, inf if inf is not None else hyper, hyper,
-            P_DTYPE=p_dtype, G_DTYPE=g_dtype, CT=state_dtype, AMSGRAD=amsgrad,
+            *t, scale if scale is not None else hyper, inf if inf is not None else hyper, hyper,
+            P_DTYPE=p_dtype, G_DTYPE=g_dtype, CT=state_dtype, FULL=full, AMSGRAD=amsgrad,
             MAXIMIZE=maximize, WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
             HAS_GRAD_SCALE=scale is not None, HAS_FOUND_INF=inf is not None,
             ALIGNED=batch.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS,

@@ -21,9 +21,10 @@ __all__ = ['FAME', 'fame']
 # State keys, per parameter. Frozen: checkpoints and users depend on them.
 MOMENT_KEYS = ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq')
 AMSGRAD_KEY = 'max_exp_avg_sq'
+FULL_KEYS = ('exp_avg_sq_2', 'exp_avg_sq_3')  # full FAME: the TEMA cascade on v
 # Hyper-parameters that must agree for parameter groups to share one fast-path call.
 _BATCH_KEYS = ('lr', 'betas', 'beta3', 'beta4', 'eps', 'weight_decay', 'decoupled_weight_decay',
-               'amsgrad', 'maximize')
+               'amsgrad', 'maximize', 'sq_betas')
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # On CPU the foreach chain walks cache-sized slices of the parameters (elements per slice batch):
 # every pass after the first then hits cache, so memory is crossed about once per step.
@@ -52,6 +53,13 @@ def _check_hyper_parameters(group: dict) -> None:
     for name, value in zip(('betas[0]', 'betas[1]', 'beta3', 'beta4'),
                            (*betas, group['beta3'], group['beta4'])):
         _check_unit_interval(name, value)
+    sq_betas = group.get('sq_betas')
+    if sq_betas is not None:
+        if not isinstance(sq_betas, (tuple, list)) or len(sq_betas) != 2:
+            raise ValueError(f'FAME: sq_betas must be None or a pair (decay of v2, decay of v3), '
+                             f'got {sq_betas!r}')
+        for name, value in zip(('sq_betas[0]', 'sq_betas[1]'), sq_betas):
+            _check_unit_interval(name, value)
     for name in ('lr', 'eps', 'weight_decay'):
         if name in group and not 0.0 <= group[name]:
             raise ValueError(f'FAME: invalid {name} {group[name]} (must be >= 0)')
@@ -70,6 +78,7 @@ class FAME(Optimizer):
                  amsgrad: bool = False,
                  *,
                  maximize: bool = False,
+                 sq_betas: Optional[Tuple[float, float]] = None,
                  foreach: Optional[bool] = None,
                  fused: Optional[bool] = None):
         if isinstance(lr, Tensor) and lr.numel() != 1:
@@ -80,7 +89,7 @@ class FAME(Optimizer):
             raise ValueError(f'FAME: invalid eps {eps} (must be >= 0)')
         if not 0.0 <= weight_decay:
             raise ValueError(f'FAME: invalid weight_decay {weight_decay} (must be >= 0)')
-        _check_hyper_parameters(dict(betas=betas, beta3=beta3, beta4=beta4))
+        _check_hyper_parameters(dict(betas=betas, beta3=beta3, beta4=beta4, sq_betas=sq_betas))
         if fused and foreach:
             raise RuntimeError('FAME: `fused` and `foreach` cannot both be True')
         if fused:
@@ -88,7 +97,9 @@ class FAME(Optimizer):
             _triton_fame.require_triton()
         defaults = dict(lr=lr, betas=tuple(betas), beta3=beta3, beta4=beta4, eps=eps,
                         weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                        amsgrad=amsgrad, maximize=maximize, foreach=foreach, fused=fused)
+                        amsgrad=amsgrad, maximize=maximize,
+                        sq_betas=None if sq_betas is None else tuple(sq_betas),
+                        foreach=foreach, fused=fused)
         super().__init__(params, defaults)
         self._fused_plans = {}
         self._default_impls = {}
@@ -122,6 +133,8 @@ class FAME(Optimizer):
         group = self.param_groups[-1]
         _check_hyper_parameters(group)
         group['betas'] = tuple(group['betas'])
+        if group['sq_betas'] is not None:
+            group['sq_betas'] = tuple(group['sq_betas'])
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -133,12 +146,14 @@ class FAME(Optimizer):
             group.setdefault('decoupled_weight_decay', True)
             group.setdefault('amsgrad', False)
             group.setdefault('maximize', False)
+            group.setdefault('sq_betas', None)
             group.setdefault('foreach', None)
             group.setdefault('fused', None)
 
     def _init_group(self, group, fused, params, grads, exp_avgs, exp_avg_2s, exp_avg_3s,
-                    exp_avg_sqs, max_exp_avg_sqs, state_steps) -> bool:
-        amsgrad = group['amsgrad']
+                    exp_avg_sqs, exp_avg_sq_2s, exp_avg_sq_3s, max_exp_avg_sqs,
+                    state_steps) -> bool:
+        amsgrad, full = group['amsgrad'], group['sq_betas'] is not None
         for p in group['params']:
             grad = p.grad
             if grad is None:
@@ -163,6 +178,11 @@ class FAME(Optimizer):
                 if AMSGRAD_KEY not in state:
                     state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
                 max_exp_avg_sqs.append(state[AMSGRAD_KEY])
+            if full:
+                for key, out in zip(FULL_KEYS, (exp_avg_sq_2s, exp_avg_sq_3s)):
+                    if key not in state:
+                        state[key] = torch.zeros_like(state['exp_avg_sq'])
+                    out.append(state[key])
             params.append(p)
             grads.append(grad)
             exp_avgs.append(state['exp_avg'])
@@ -191,7 +211,7 @@ class FAME(Optimizer):
             fused, foreach = self._resolve_impl(group)
             key = (*(_hashable(group[k]) for k in _BATCH_KEYS), fused, foreach)
             if key not in batches:
-                batches[key] = [[] for _ in range(8)], [], fused, foreach, [False]
+                batches[key] = [[] for _ in range(10)], [], fused, foreach, [False]
             lists, groups, _, _, has_complex = batches[key]
             groups.append(group)
             has_complex[0] |= self._init_group(group, fused, *lists)
@@ -216,6 +236,7 @@ class FAME(Optimizer):
                  eps=group['eps'],
                  decoupled_weight_decay=group['decoupled_weight_decay'],
                  maximize=group['maximize'],
+                 sq_betas=group['sq_betas'],
                  foreach=foreach,
                  fused=fused,
                  grad_scale=getattr(self, 'grad_scale', None),
@@ -245,7 +266,7 @@ class FAME(Optimizer):
             if not saved:
                 continue
             state = self.state[p]
-            for key in (*MOMENT_KEYS, AMSGRAD_KEY):
+            for key in (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS):
                 if key in saved:
                     state[key] = saved[key].to(device=p.device, dtype=_state_dtype(p), copy=True)
             # On the CPU; the next step moves it to the device if that step runs fused.
@@ -313,6 +334,8 @@ def fame(params: List[Tensor],
          exp_avg_2s: List[Tensor],
          exp_avg_3s: List[Tensor],
          exp_avg_sqs: List[Tensor],
+         exp_avg_sq_2s: List[Tensor],
+         exp_avg_sq_3s: List[Tensor],
          max_exp_avg_sqs: List[Tensor],
          state_steps: List[Tensor],
          foreach: Optional[bool] = None,
@@ -331,8 +354,12 @@ def fame(params: List[Tensor],
          weight_decay: float,
          eps: float,
          decoupled_weight_decay: bool,
-         maximize: bool) -> None:
-    """Functional FAME: see :class:`FAME`. Picks the implementation and runs it."""
+         maximize: bool,
+         sq_betas: Optional[Tuple[float, float]] = None) -> None:
+    """Functional FAME: see :class:`FAME`. Picks the implementation and runs it.
+
+    ``exp_avg_sq_2s``/``exp_avg_sq_3s`` are used (and may be empty otherwise) with ``sq_betas``.
+    """
     if fused is None and foreach is None:
         fused, foreach = _default_impl(params)
     if fused:
@@ -349,11 +376,11 @@ def fame(params: List[Tensor],
             grad_scale = found_inf = None
         func = _multi_tensor_fame if foreach else _single_tensor_fame
         lr = _get_value(lr)
-    func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
-         state_steps, grad_scale=grad_scale, found_inf=found_inf, has_complex=has_complex,
-         amsgrad=amsgrad, beta1=beta1, beta2=beta2, beta3=beta3, beta4=beta4, lr=lr,
-         weight_decay=weight_decay, eps=eps, decoupled_weight_decay=decoupled_weight_decay,
-         maximize=maximize)
+    func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
+         exp_avg_sq_3s, max_exp_avg_sqs, state_steps, grad_scale=grad_scale,
+         found_inf=found_inf, has_complex=has_complex, amsgrad=amsgrad, beta1=beta1,
+         beta2=beta2, beta3=beta3, beta4=beta4, lr=lr, weight_decay=weight_decay, eps=eps,
+         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, sq_betas=sq_betas)
 
 
 def _fused_available() -> bool:
@@ -371,16 +398,17 @@ def _default_impl(params: List[Tensor]) -> Tuple[bool, bool]:
 
 
 def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
-                        max_exp_avg_sqs, state_steps, *, grad_scale, found_inf, has_complex,
-                        amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
-                        decoupled_weight_decay, maximize):
+                        exp_avg_sq_2s, exp_avg_sq_3s, max_exp_avg_sqs, state_steps, *,
+                        grad_scale, found_inf, has_complex, amsgrad, beta1, beta2, beta3, beta4,
+                        lr, weight_decay, eps, decoupled_weight_decay, maximize, sq_betas):
     """The reference: one parameter at a time, written as the spec reads."""
     for i, param in enumerate(params):
         grad, m1, m2, m3, v = grads[i], exp_avgs[i], exp_avg_2s[i], exp_avg_3s[i], exp_avg_sqs[i]
         vmax = max_exp_avg_sqs[i] if amsgrad else None
+        v2, v3 = (exp_avg_sq_2s[i], exp_avg_sq_3s[i]) if sq_betas is not None else (None, None)
         if torch.is_complex(param):
             param, grad, m1, m2, m3, v = map(torch.view_as_real, (param, grad, m1, m2, m3, v))
-            vmax = torch.view_as_real(vmax) if amsgrad else None
+            vmax, v2, v3 = (None if t is None else torch.view_as_real(t) for t in (vmax, v2, v3))
         # fp16/bf16 params: compute in the fp32 of their state, round into the param once.
         p = param if param.dtype == m1.dtype else param.to(m1.dtype)
         grad = grad.to(m1.dtype)
@@ -399,6 +427,10 @@ def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg
         m2.lerp_(m1, 1 - beta3)
         m3.lerp_(m2, 1 - beta4)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        if sq_betas is not None:  # full FAME: TEMA of v, clamped (its weights go negative)
+            v2.lerp_(v, 1 - sq_betas[0])
+            v3.lerp_(v2, 1 - sq_betas[1])
+            v = v.mul(3).sub_(v2, alpha=3).add_(v3).clamp_min_(0)
         if amsgrad:
             torch.maximum(vmax, v, out=vmax)
             v = vmax
@@ -411,15 +443,16 @@ def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg
 
 
 def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
-                       max_exp_avg_sqs, state_steps, *, grad_scale, found_inf, has_complex,
-                       amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
-                       decoupled_weight_decay, maximize):
+                       exp_avg_sq_2s, exp_avg_sq_3s, max_exp_avg_sqs, state_steps, *,
+                       grad_scale, found_inf, has_complex, amsgrad, beta1, beta2, beta3, beta4,
+                       lr, weight_decay, eps, decoupled_weight_decay, maximize, sq_betas):
     """The foreach chain: the same math as the for-loop, one op over all tensors at a time."""
     grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, max_exp_avg_sqs,
-         state_steps])
+        [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
+         exp_avg_sq_3s, max_exp_avg_sqs, state_steps])
+    full = sq_betas is not None
     for (device, _), (tensors, _) in grouped.items():
-        p_, g_, m1_, m2_, m3_, v_, vmax_, steps = (list(t) for t in tensors)
+        p_, g_, m1_, m2_, m3_, v_, v2_, v3_, vmax_, steps = (list(t) for t in tensors)
         if steps[0].is_cpu:
             torch._foreach_add_(steps, torch.tensor(1.0, device='cpu'), alpha=1.0)
         else:
@@ -430,18 +463,20 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
         p32 = [p.to(m1_[0].dtype) for p in p_] if low_precision else p_
         g32 = [g.to(m1_[0].dtype) for g in g_] if g_[0].dtype != m1_[0].dtype else g_
         if has_complex:
-            state_lists = (m1_, m2_, m3_, v_, vmax_) if amsgrad else (m1_, m2_, m3_, v_)
+            state_lists = [m1_, m2_, m3_, v_] + [vmax_] * amsgrad + [v2_, v3_] * full
             p32 = list(p32)
             g32 = list(g32)
             _view_as_real(p32, g32, *state_lists)
-        tensor_lists = [p32, g32, m1_, m2_, m3_, v_, vmax_ if amsgrad else None]
+        tensor_lists = [p32, g32, m1_, m2_, m3_, v_, v2_ if full else None,
+                        v3_ if full else None, vmax_ if amsgrad else None]
         scalar_lists = [step_size, eps_hat]
         blocks = (_cpu_blocks(tensor_lists, scalar_lists) if device.type == 'cpu' else
                   [tensor_lists + scalar_lists])
         for block in blocks:
             _foreach_chain(*block, amsgrad=amsgrad, beta1=beta1, beta2=beta2, beta3=beta3,
                            beta4=beta4, lr=lr, weight_decay=weight_decay,
-                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                           sq_betas=sq_betas)
         if low_precision:
             torch._foreach_copy_(p_, p32)
 
@@ -493,8 +528,9 @@ def _cpu_blocks(tensor_lists, scalar_lists) -> Iterator[list]:
         yield batch
 
 
-def _foreach_chain(params, grads, m1, m2, m3, v, vmax, step_size, eps_hat, *, amsgrad, beta1,
-                   beta2, beta3, beta4, lr, weight_decay, decoupled_weight_decay, maximize):
+def _foreach_chain(params, grads, m1, m2, m3, v, v2, v3, vmax, step_size, eps_hat, *, amsgrad,
+                   beta1, beta2, beta3, beta4, lr, weight_decay, decoupled_weight_decay,
+                   maximize, sq_betas):
     """One FAME update over lists of same-device, same-dtype tensors. Peak extra memory: two
     temporaries per tensor (tema and denom)."""
     if weight_decay != 0:
@@ -516,11 +552,23 @@ def _foreach_chain(params, grads, m1, m2, m3, v, vmax, step_size, eps_hat, *, am
     del grads
     torch._foreach_lerp_(m2, m1, 1 - beta3)
     torch._foreach_lerp_(m3, m2, 1 - beta4)
+    tema = torch._foreach_sub(m1, m2)
+    tema = torch._foreach_add(m3, tema, alpha=3)
+    if sq_betas is not None:  # full FAME: TEMA of v, clamped (its weights go negative)
+        torch._foreach_lerp_(v2, v, 1 - sq_betas[0])
+        torch._foreach_lerp_(v3, v2, 1 - sq_betas[1])
+        v = torch._foreach_sub(v, v2)
+        torch._foreach_mul_(v, 3)
+        torch._foreach_add_(v, v3)
+        torch._foreach_clamp_min_(v, 0)
     if amsgrad:
         torch._foreach_maximum_(vmax, v)
         v = vmax
-    tema = torch._foreach_sub(m1, m2)
-    tema = torch._foreach_add(m3, tema, alpha=3)
-    denom = torch._foreach_sqrt(v)
+    if sq_betas is not None and not amsgrad:
+        denom = v  # a temporary already: take its square root in place
+        torch._foreach_sqrt_(denom)
+    else:
+        denom = torch._foreach_sqrt(v)
+    del v
     torch._foreach_add_(denom, eps_hat)
     torch._foreach_addcdiv_(params, tema, denom, step_size)
