@@ -16,7 +16,9 @@ import torch
 
 from mmfame import FAME
 
-BYTES_PER_PARAM = {'FAME': 44, 'AdamW': 28}
+# Single-pass traffic in fp32: FAME reads p, g, m1, m2, m3, v and writes p, m1, m2, m3, v; full
+# FAME (sq_betas) also reads and writes v2, v3; AdamW reads p, g, m, v and writes p, m, v.
+BYTES_PER_PARAM = {'FAME': 44, 'FAME-full': 60, 'AdamW': 28}
 
 
 def resnet50_shapes():
@@ -51,6 +53,8 @@ def impls(device):
         fame_impls['fused'] = dict(fused=True)
     for name, kw in fame_impls.items():
         yield 'FAME', name, lambda ps, kw=kw: FAME(ps, lr=1e-3, weight_decay=0.01, **kw)
+    yield 'FAME-full', 'default', lambda ps: FAME(ps, lr=1e-3, weight_decay=0.01,
+                                                  sq_betas=(0.3, 0.7))
     for name, kw in adamw_impls.items():
         yield 'AdamW', name, lambda ps, kw=kw: torch.optim.AdamW(ps, lr=1e-3,
                                                                   weight_decay=0.01, **kw)
