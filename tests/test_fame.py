@@ -20,6 +20,8 @@ IMPLS = {
     'forloop': dict(foreach=False),
     'foreach': dict(foreach=True),
     'fused': dict(fused=True),
+    # the default: the compiled CPU kernel for fp32 CPU tensors, the fused kernel on CUDA
+    'default': dict(),
 }
 CONFIGS = {
     'default': dict(),
@@ -58,7 +60,7 @@ def max_err(a, b):
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', ['forloop', 'foreach', 'fused'])
 @pytest.mark.parametrize('config', CONFIGS)
 def test_matches_float64_reference(device, impl, config):
     """Params and all four (five with amsgrad) state buffers equal the spec, every step."""
@@ -284,15 +286,54 @@ def test_step_returns_closure_loss(impl):
     assert opt.step(closure).item() == 6.0
 
 
-def test_default_path_on_cpu_is_foreach(monkeypatch):
-    from mmfame.optim import fame as fame_module
-    called = []
-    monkeypatch.setattr(fame_module, '_multi_tensor_fame',
-                        lambda *a, **k: called.append('foreach'))
-    w = torch.ones(3, requires_grad=True)
-    w.grad = torch.ones(3)
-    FAME([w]).step()
-    assert called == ['foreach']
+def test_default_path_on_cpu_is_the_compiled_kernel_for_fp32_else_foreach():
+    from mmfame.optim import _cpu_kernel
+    from mmfame.optim.fame import _default_impl, _multi_tensor_fame
+    assert _cpu_kernel.load() is not None  # this machine kind has a C compiler
+    w32 = [torch.ones(3), torch.ones(5, 2)]
+    assert _default_impl(w32, w32) is _cpu_kernel.cpu_kernel_fame
+    w64 = [t.double() for t in w32]
+    assert _default_impl(w64, w64) is _multi_tensor_fame
+    strided = [torch.ones(4, 6).t()]
+    assert _default_impl(strided, strided) is _multi_tensor_fame
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_cpu_kernel_matches_float64_reference_in_fp32(config):
+    """The compiled single-pass CPU kernel (the CPU default for fp32) against the spec: params
+    and every state buffer, each step, to fp32 rounding; the large tensor is split across
+    threads."""
+    kwargs = dict(lr=1e-2, **CONFIGS[config]) if 'lr' not in CONFIGS[config] else CONFIGS[config]
+    params = make_params('cpu', torch.float32)
+    ref = ReferenceFAME(params, **kwargs)
+    opt = FAME(params, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        if step == 3:
+            grads[1] = None
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        opt.step()
+        ref.step(grads)
+        for i, p in enumerate(params):
+            assert max_err(p, ref.p[i]) < 2e-5, (step, i)
+            for key, value in ref.state(i).items():
+                assert max_err(opt.state[p][key], value) < 2e-5 * max(1, value.abs().max()), key
+
+
+def test_cpu_kernel_work_split_covers_every_element_once():
+    from mmfame.optim._cpu_kernel import _split
+    numels = [5, 0, 17, 1, 40]
+    for workers in (1, 2, 3, 7):
+        parts = _split(numels, workers)
+        assert len(parts) <= workers
+        seen = [[0] * n for n in numels]
+        for part in parts:
+            for t, begin, end in part:
+                for i in range(begin, end):
+                    seen[t][i] += 1
+        assert all(x == 1 for row in seen for x in row)
 
 
 @pytest.mark.parametrize('kwargs, match', [

@@ -112,8 +112,9 @@ class FAME(Optimizer):
     def _resolve_impl(self, group) -> Tuple[bool, bool]:
         """(fused, foreach) for a group. None/None picks the fastest correct path, measured
         (docs/benchmarks.md): the fused kernel for contiguous floating-point CUDA tensors when
-        Triton is there, else foreach (on CPU it beats the for-loop at every size tried). The
-        choice is remembered per group while its size and device stay the same."""
+        Triton is there; elsewhere None/None goes on to the functional default (the compiled
+        CPU kernel, else foreach). The choice is remembered per group while its size and device
+        stay the same."""
         fused, foreach = group['fused'], group['foreach']
         if fused is not None or foreach is not None:
             return bool(fused), bool(foreach)
@@ -123,7 +124,7 @@ class FAME(Optimizer):
         if remembered != layout:
             fusable = params and params[0].is_cuda and _fused_available() and all(
                 p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous() for p in params)
-            impl = (True, False) if fusable else _default_impl(params)
+            impl = (True, False) if fusable else (None, None)
             self._default_impls[id(group)] = layout, impl
         return impl
 
@@ -361,11 +362,13 @@ def fame(params: List[Tensor],
     ``exp_avg_sq_2s``/``exp_avg_sq_3s`` are used (and may be empty otherwise) with ``sq_betas``.
     """
     if fused is None and foreach is None:
-        fused, foreach = _default_impl(params)
-    if fused:
+        func = _default_impl(params, grads)
+    elif fused:
         from ._triton_fame import fused_fame
         func = partial(fused_fame, plans=fused_plans)
     else:
+        func = _multi_tensor_fame if foreach else _single_tensor_fame
+    if not fused:
         if grad_scale is not None or found_inf is not None:
             # A non-fused group of an optimizer whose fused groups asked GradScaler to defer:
             # unscale here (with a host sync, as GradScaler itself would).
@@ -374,7 +377,6 @@ def fame(params: List[Tensor],
             if grad_scale is not None:
                 torch._foreach_div_(grads, grad_scale.item())
             grad_scale = found_inf = None
-        func = _multi_tensor_fame if foreach else _single_tensor_fame
         lr = _get_value(lr)
     func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
          exp_avg_sq_3s, max_exp_avg_sqs, state_steps, grad_scale=grad_scale,
@@ -388,13 +390,19 @@ def _fused_available() -> bool:
     return _triton_fame.triton is not None
 
 
-def _default_impl(params: List[Tensor]) -> Tuple[bool, bool]:
-    """(fused, foreach) of the functional API for ``None``/``None``: foreach for plain CPU/CUDA
-    tensors (the fused kernel needs the tables that the optimizer keeps)."""
+def _default_impl(params: List[Tensor], grads: List[Tensor]):
+    """The implementation for ``foreach=None, fused=None`` in the functional API, measured
+    (docs/benchmarks.md): the compiled single-pass CPU kernel for contiguous fp32 CPU tensors
+    (when a C compiler is there), else foreach for plain CPU/CUDA tensors, else the for-loop.
+    (The optimizer class picks the fused kernel on CUDA itself: it keeps the kernel's tables.)"""
+    if params and params[0].is_cpu:
+        from . import _cpu_kernel
+        if _cpu_kernel.supports(params, grads) and _cpu_kernel.load():
+            return _cpu_kernel.cpu_kernel_fame
     foreach = not torch.jit.is_scripting() and all(
         type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ('cpu', 'cuda')
         for p in params)
-    return False, foreach
+    return _multi_tensor_fame if foreach else _single_tensor_fame
 
 
 def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
