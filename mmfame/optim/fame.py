@@ -1,12 +1,12 @@
 """FAME: Adam whose first moment is a Triple Exponential Moving Average (arXiv 2306.01423).
 
 Laid out like ``torch/optim/adam.py``: the :class:`FAME` class gathers each step's tensors, one
-functional dispatcher :func:`fame` picks an implementation, and three implementations compute the
-same update: a per-parameter for-loop (the readable reference), a multi-tensor ``foreach`` chain
-and a ``fused`` single-pass Triton kernel (``_triton_fame``).
+functional dispatcher :func:`fame` picks an implementation, and the implementations compute the
+same update: a per-parameter for-loop (the readable reference), a multi-tensor ``foreach`` chain,
+the ``fused`` single-pass Triton kernel for CUDA (``_triton_fame``) and, as the CPU default, a
+single-pass C loop (``_cpu_kernel``).
 """
 import math
-from collections import defaultdict
 from functools import partial
 from itertools import chain
 from typing import Iterator, List, Optional, Tuple, Union
