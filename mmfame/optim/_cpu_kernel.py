@@ -25,7 +25,8 @@ FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-shared', '-fPIC']
 _PTRS = ctypes.POINTER(ctypes.c_void_p)
 _I64 = ctypes.POINTER(ctypes.c_int64)
 _lib = None
-_pool: Optional[ThreadPoolExecutor] = None
+_pool: Optional[ThreadPoolExecutor] = None  # workers beyond the calling thread
+_pool_size = 0
 
 
 def _cpu_fingerprint() -> str:
@@ -89,7 +90,7 @@ def cpu_kernel_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs
                     has_complex, amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
                     decoupled_weight_decay, maximize, sq_betas):
     """One FAME step with the C loop; same arguments as the implementations in ``fame.py``."""
-    global _pool
+    global _pool, _pool_size
     lib = load()
     full = sq_betas is not None
     lists = [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
@@ -113,8 +114,9 @@ def cpu_kernel_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs
     if workers == 1:
         run(ranges[0])
         return
-    if _pool is None or _pool._max_workers < workers - 1:
+    if _pool is None or _pool_size < workers - 1:
         _pool = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix='mmfame-cpu')
+        _pool_size = workers - 1
     futures = [_pool.submit(run, part) for part in ranges[1:]]
     run(ranges[0])
     for f in futures:
