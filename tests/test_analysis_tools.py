@@ -1,0 +1,355 @@
+"""tools/analysis_tools/lag_demo.py and compare_optimizers.py: estimators, the tool-private
+cascade optimizer, the child configs of the named settings and the summary tables."""
+import importlib
+import json
+import math
+import os
+import os.path as osp
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ANALYSIS = osp.join(REPO, 'tools', 'analysis_tools')
+if ANALYSIS not in sys.path:
+    sys.path.insert(0, ANALYSIS)
+
+co = importlib.import_module('compare_optimizers')
+lag = importlib.import_module('lag_demo')
+
+DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
+SEG_CFG = osp.join(REPO, 'configs', 'demo',
+                   'segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py')
+
+
+# ------------------------------------------------------------------------------- lag_demo
+def _fitted_lags(g, trend, names, window):
+    return {n: lag.fit_lag(trend, lag.cascade_estimate(g, lag.ESTIMATORS[n][0]), window)
+            for n in names}
+
+
+def test_lag_on_linear_drift_matches_closed_form_and_orders_estimators():
+    T = 400
+    t = np.arange(T, dtype=np.float64)
+    slope = 0.1
+
+    def trend(tt):
+        return slope * np.asarray(tt, dtype=np.float64)[..., None] * np.ones(4)
+
+    window = np.arange(T // 2, T)
+    names = ['ema', 'dema', 'tema', 'qema', 'dema-eq', 'tema-eq', 'tema-0.5']
+    clean = _fitted_lags(trend(t), trend, names, window)
+    # Noise-free: the fitted delay is the closed-form steady-state lag sum_k c_k L_k.
+    expected = dict(ema=9.0, dema=9.0 - 0.3 / 0.7, tema=9.0 - 2 * 0.3 / 0.7 + 0.7 / 0.3,
+                    qema=12.380952, **{'dema-eq': 0.0, 'tema-eq': 0.0, 'tema-0.5': 8.0})
+    for n in names:
+        assert lag.analytic_ramp_lag(lag.ESTIMATORS[n][0]) == pytest.approx(expected[n], abs=1e-5)
+        assert clean[n] == pytest.approx(expected[n], abs=0.011), n
+    # With noise the measured order is the same. Equal decays (classic DEMA/TEMA) cancel the lag;
+    # FAME's cascade (0.3 after 0.9) shortens it a little for DEMA, but TEMA with FAME's default
+    # (0.3, 0.7) lags MORE than the plain EMA on a ramp: its third EMA (decay 0.7) adds more delay
+    # (+0.7/0.3) than 3*m1 - 3*m2 removes (-2*0.3/0.7).
+    rng = np.random.default_rng(0)
+    g = trend(t) + 0.5 * rng.standard_normal((T, 4))
+    noisy = _fitted_lags(g, trend, names, window)
+    assert abs(noisy['tema-eq']) < 0.5 and abs(noisy['dema-eq']) < 0.5
+    assert max(noisy['tema-eq'], noisy['dema-eq']) < noisy['dema'] < noisy['ema'] < noisy['tema']
+    assert noisy['tema'] < noisy['qema']
+    assert noisy['tema-0.5'] < noisy['dema']  # with beta3 = beta4 = 0.5 TEMA does lag less
+    for n in names:
+        assert noisy[n] == pytest.approx(clean[n], abs=0.3), n
+
+
+def test_tema_lags_less_than_dema_less_than_ema_on_an_accelerating_trend():
+    # Where TEMA < DEMA < EMA does hold: equal decays, quadratic trend (TEMA cancels the first and
+    # second moments of its weights, DEMA only the first).
+    T = 400
+    t = np.arange(T, dtype=np.float64)
+
+    def trend(tt):
+        return 1e-3 * np.asarray(tt, dtype=np.float64)[..., None] ** 2
+
+    lags = _fitted_lags(trend(t), trend, ['ema', 'dema-eq', 'tema-eq'], np.arange(200, T))
+    assert abs(lags['tema-eq']) < 0.02
+    assert lags['tema-eq'] < lags['dema-eq'] < lags['ema']
+    assert lags['dema-eq'] > 0.05 and lags['ema'] > 8
+
+
+def test_step_response_and_noise_gain():
+    T, t0 = 200, 100
+    g = (np.arange(T) >= t0).astype(np.float64)[:, None]
+    est = lag.cascade_estimate(g, (0.9, ))[:, 0]
+    t90, overshoot = lag.step_metrics(est, t0, 1.0)
+    assert t90 == math.ceil(math.log(0.1) / math.log(0.9))  # 1 - 0.9**n >= 0.9: n = 22
+    assert overshoot == 0.0
+    t90_eq, over_eq = lag.step_metrics(lag.cascade_estimate(g, (0.9, 0.9, 0.9))[:, 0], t0, 1.0)
+    assert t90_eq < 10 and over_eq > 5  # fast but overshoots
+    # White noise: EMA's output std is sqrt((1-b)/(1+b)) of the input's.
+    w = lag.impulse_response((0.9, ), 400)
+    assert math.sqrt(np.sum(w**2)) == pytest.approx(math.sqrt(0.1 / 1.9), rel=1e-6)
+    assert np.sum(lag.impulse_response((0.9, 0.3, 0.7), 400)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_estimator_table_on_short_streams():
+    streams, info = lag.make_streams(T=200, dim=4, sigma=0.1, seed=1)
+    rows = lag.estimator_table(streams, info, {k: lag.ESTIMATORS[k] for k in ('ema', 'tema')})
+    assert rows['ema']['step/t90'] == 22 and rows['tema']['step/t90'] > 22
+    assert rows['tema']['linear drift/lag'] > rows['ema']['linear drift/lag']
+    assert rows['tema']['rotating quadratic/lag'] > rows['ema']['rotating quadratic/lag']
+    assert all(v > 0 for r in rows.values() for k, v in r.items() if k.endswith('/rmse'))
+
+
+def test_tracking_is_paired_and_deterministic():
+    a, _ = lag.track('adam', 'circle', 0.01, steps=200, runs=3, burn_in=100)
+    b, _ = lag.track('adam', 'circle', 0.01, steps=200, runs=3, burn_in=100)
+    f, _ = lag.track('fame', 'circle', 0.01, steps=200, runs=3, burn_in=100)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (3, ) and not np.allclose(a, f)
+
+
+# ------------------------------------------------------------- the tool-private optimizer
+def _run(opt_factory, steps=15, seed=0):
+    torch.manual_seed(seed)
+    p = torch.nn.Parameter(torch.randn(7, 5, dtype=torch.float64))
+    opt = opt_factory([p])
+    gen = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        opt.step()
+    return p.detach().clone()
+
+
+@pytest.mark.parametrize('decoupled', [True, False])
+def test_qema_with_zero_higher_decays_is_adam(decoupled):
+    # 4*m1 - 6*m2 + 4*m3 - m4 with m2 = m3 = m4 = m1 is m1: Adam / AdamW.
+    assert co.cascade_coeffs(4) == [4, -6, 4, -1]
+    q = _run(lambda ps: co.CascadeAdam(ps, lr=1e-2, decays=(0.0, 0.0, 0.0), weight_decay=0.1,
+                                       decoupled_weight_decay=decoupled))
+    ref_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    ref = _run(lambda ps: ref_cls(ps, lr=1e-2, weight_decay=0.1))
+    torch.testing.assert_close(q, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cascade_with_fame_decays_is_fame_and_dema_is_its_formula():
+    from mmfame import FAME
+    t = _run(lambda ps: co.CascadeAdam(ps, lr=1e-2, decays=(0.3, 0.7), weight_decay=0.05))
+    f = _run(lambda ps: FAME(ps, lr=1e-2, weight_decay=0.05, foreach=False))
+    torch.testing.assert_close(t, f, rtol=1e-12, atol=1e-12)
+    # DEMA by hand, two steps: first moment 2*m1 - m2, m2 = EMA_0.3(m1).
+    p0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    g1, g2 = torch.tensor([0.5, 1.0], dtype=torch.float64), torch.tensor([-1.0, 3.0],
+                                                                          dtype=torch.float64)
+    p = torch.nn.Parameter(p0.clone())
+    opt = co.CascadeAdam([p], lr=0.1, decays=(0.3, ), eps=0.0)
+    x = p0.clone()
+    m1 = m2 = v = torch.zeros(2, dtype=torch.float64)
+    for step, g in enumerate((g1, g2), 1):
+        p.grad = g.clone()
+        opt.step()
+        m1 = 0.9 * m1 + 0.1 * g
+        m2 = 0.3 * m2 + 0.7 * m1
+        v = 0.999 * v + 0.001 * g * g
+        x = x - 0.1 / (1 - 0.9**step) * (2 * m1 - m2) / (v.sqrt() / math.sqrt(1 - 0.999**step))
+        torch.testing.assert_close(p.detach(), x, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        co.CascadeAdam([p], decays=(0.3, ), coeffs=(1.0, ))
+
+
+def test_private_optimizer_registered_under_private_name_only():
+    from mmengine.registry import OPTIMIZERS
+
+    import mmfame
+    assert OPTIMIZERS.get(co.PRIVATE_NAME) is co.CascadeAdam
+    assert co.PRIVATE_NAME.startswith('_')
+    assert 'CascadeAdam' not in mmfame.__all__ and not hasattr(mmfame, 'CascadeAdam')
+    for public in ('DEMA', 'QEMA', 'CascadeAdam'):
+        assert OPTIMIZERS.get(public) is None
+
+
+# ------------------------------------------------------------------------ child configs
+SETTINGS = ['fame', 'fame-full', 'adamw', 'adam', 'sgd', 'ema', 'dema', 'tema', 'qema',
+            'sgd:lr=0.02:weight_decay=0.0005']
+
+
+@pytest.fixture(scope='module')
+def seg_children(tmp_path_factory):
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+    base = Config.fromfile(SEG_CFG, import_custom_modules=False)
+    out = tmp_path_factory.mktemp('children')
+    children = {}
+    for spec in SETTINGS:
+        opt = co.optimizer_cfg(spec, dict(base.optim_wrapper.optimizer), sgd_lr=0.01)
+        path = out / f'{co.run_name(spec)}.py'
+        path.write_text(co.child_config_text(SEG_CFG, opt, base, 60, data_root='/data/x'))
+        children[spec] = Config.fromfile(str(path), import_custom_modules=False)
+    return base, children
+
+
+def test_child_configs_replace_only_the_optimizer(seg_children):
+    base, children = seg_children
+    ow = base.optim_wrapper
+    lr, wd = ow.optimizer.lr, ow.optimizer.weight_decay
+    expected = {
+        'fame': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
+        'tema': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
+        'fame-full': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd,
+                          sq_betas=(0.3, 0.7)),
+        'adamw': dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
+        'adam': dict(type='Adam', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
+        'ema': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd, beta3=0.0,
+                    beta4=0.0),
+        'dema': dict(type=co.PRIVATE_NAME, lr=lr, betas=(0.9, 0.999), weight_decay=wd,
+                     decays=(0.3, )),
+        'qema': dict(type=co.PRIVATE_NAME, lr=lr, betas=(0.9, 0.999), weight_decay=wd,
+                     decays=(0.3, 0.7, 0.7)),
+        # _delete_ drops the base's betas: SGD would reject them
+        'sgd': dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4),
+        'sgd:lr=0.02:weight_decay=0.0005': dict(type='SGD', lr=0.02, momentum=0.9,
+                                               weight_decay=0.0005),
+    }
+    for spec, cfg in children.items():
+        opt = cfg.optim_wrapper.optimizer.to_dict()
+        opt = {k: tuple(v) if isinstance(v, list) else v for k, v in opt.items()}
+        assert opt == expected[spec], spec
+        # everything else of optim_wrapper is the base's
+        assert cfg.optim_wrapper.clip_grad == ow.clip_grad
+        assert cfg.optim_wrapper.paramwise_cfg == ow.paramwise_cfg
+        assert cfg.model == base.model
+        assert cfg.train_cfg.max_iters == 60 and cfg.train_cfg.val_interval == 60
+        sched = cfg.param_scheduler
+        assert [(s['begin'], s['end']) for s in sched] == [(0, 6), (6, 60)]
+        assert cfg.param_scheduler[1]['eta_min_ratio'] == base.param_scheduler[1]['eta_min_ratio']
+        assert cfg.default_hooks.checkpoint.interval == -1
+        assert not cfg.default_hooks.checkpoint.save_last
+        assert cfg.train_dataloader.dataset.data_root == '/data/x/'
+        assert cfg.train_dataloader.dataset.pipeline == base.train_dataloader.dataset.pipeline
+        assert cfg.custom_imports.imports == ['mmfame', co.MODULE_NAME]
+    assert co.run_name('tema') == co.run_name('fame') == 'fame'
+
+
+def test_child_optimizers_build_through_mmengine(seg_children):
+    from mmengine.optim import build_optim_wrapper
+
+    import mmfame  # noqa: F401  (registers FAME)
+    _, children = seg_children
+    model = torch.nn.Sequential()
+    model.add_module('backbone', torch.nn.Linear(4, 4))
+    model.add_module('head', torch.nn.Linear(4, 2))
+    types = dict(sgd=torch.optim.SGD, adam=torch.optim.Adam, adamw=torch.optim.AdamW,
+                 fame=mmfame.FAME, dema=co.CascadeAdam, qema=co.CascadeAdam)
+    for spec, cls in types.items():
+        wrapper = build_optim_wrapper(model, children[spec].optim_wrapper)
+        assert type(wrapper.optimizer) is cls, spec
+        if spec == 'sgd':
+            assert wrapper.optimizer.param_groups[0]['momentum'] == 0.9
+        if spec == 'qema':
+            assert wrapper.optimizer.param_groups[0]['coeffs'] == (4.0, -6.0, 4.0, -1.0)
+        model(torch.randn(3, 4)).sum().backward()
+        wrapper.step()
+        wrapper.zero_grad()
+
+
+def test_detection_child_keeps_its_decay_rules():
+    pytest.importorskip('mmdet')
+    from mmengine.config import Config
+    base = Config.fromfile(DET_CFG, import_custom_modules=False)
+    opt = co.optimizer_cfg('sgd', dict(base.optim_wrapper.optimizer), sgd_lr=0.005)
+    text = co.child_config_text(DET_CFG, opt, base, 30, data_root='/d/coco')
+    path = osp.join(os.environ.get('TMPDIR', '/tmp'), f'_co_det_child_{os.getpid()}.py')
+    with open(path, 'w') as f:
+        f.write(text)
+    try:
+        cfg = Config.fromfile(path, import_custom_modules=False)
+    finally:
+        os.remove(path)
+    assert cfg.optim_wrapper.optimizer.to_dict() == dict(type='SGD', lr=0.005, momentum=0.9,
+                                                         weight_decay=1e-4)
+    assert cfg.optim_wrapper.paramwise_cfg == base.optim_wrapper.paramwise_cfg
+    assert cfg.val_evaluator.ann_file == '/d/coco/annotations/instances_val2017.json'
+    assert [(s['begin'], s['end']) for s in cfg.param_scheduler] == [(0, 3), (3, 30)]
+
+
+def test_setting_parsing_and_errors():
+    assert co.parse_setting('fame:beta3=0.5:beta4=0.5') == ('fame', dict(beta3=0.5, beta4=0.5))
+    with pytest.raises(ValueError, match='unknown optimizer setting'):
+        co.parse_setting('lion')
+    with pytest.raises(ValueError, match='key=value'):
+        co.parse_setting('sgd:0.1')
+    opt = co.optimizer_cfg('adamw', dict(type='FAME', lr=1e-3, weight_decay=0.05), lr=3e-4)
+    assert opt == dict(_delete_=True, type='AdamW', lr=3e-4, weight_decay=0.05)
+
+
+# ------------------------------------------------------------------------------ summaries
+def _fake_run(work_dir, spec, seed, losses, metrics, metric_step=0):
+    d = osp.join(work_dir, co.run_name(spec), f'seed_{seed}', '20250101_000000', 'vis_data')
+    os.makedirs(d)
+    with open(osp.join(d, 'scalars.json'), 'w') as f:
+        for it, loss in losses:
+            f.write(json.dumps(dict(lr=1e-3, loss=loss, time=0.25 + seed * 0.01, iter=it,
+                                    step=it)) + '\n')
+        f.write(json.dumps(dict(**metrics, time=0.1, step=metric_step)) + '\n')
+
+
+def test_summary_from_scalars_has_mean_std_and_paired_differences(tmp_path):
+    work = str(tmp_path / 'runs')
+    miou = {'adamw': [10.0, 12.0, 14.0], 'fame': [11.0, 15.0, 13.0]}
+    for spec in miou:
+        for seed in range(3):
+            losses = [(it, 2.0 - it / 100) for it in range(10, 100, 10)]
+            losses.append((100, 0.5 + 0.1 * seed + (0.2 if spec == 'fame' else 0.0)))
+            _fake_run(work, spec, seed, losses, {'mIoU': miou[spec][seed], 'mAcc': 50.0 + seed})
+    runs, metrics = co.collect(work, ['fame', 'adamw', 'tema'], [0, 1, 2])
+    assert metrics == ['mIoU', 'mAcc']
+    assert runs['tema'][1]['metrics'] == runs['fame'][1]['metrics']  # alias shares runs
+    out = str(tmp_path / 'results' / 'seg')
+    summary = co.write_outputs(runs, metrics, out, reference='adamw', title='t')
+    rows = summary['rows']
+    assert rows['adamw']['mIoU'][0] == pytest.approx(12.0)
+    assert rows['adamw']['mIoU'][1] == pytest.approx(2.0)  # sample std, ddof=1
+    assert rows['fame']['final_loss'][0] == pytest.approx(0.8)
+    assert rows['fame']['final_loss'][1] == pytest.approx(0.1)
+    assert rows['fame']['paired_diff'][0] == pytest.approx(1.0)  # diffs 1, 3, -1
+    assert rows['fame']['paired_diff'][1] == pytest.approx(2.0)
+    assert rows['fame']['paired_wins'] == 2
+    md = open(out + '.md').read()
+    main_table = md.split('Per seed')[0]
+    lines = {line.split('|')[1].strip(): line for line in main_table.splitlines()
+             if line.startswith('| `')}
+    assert '| 3 | 12 ± 2 |' in lines['`adamw`']
+    assert '| 3 | 13 ± 2 | 51 ± 1 | 0.8 ± 0.1 |' in lines['`fame`']
+    assert '1 ± 2 (2/3 seeds higher)' in lines['`fame`']
+    assert 'reference' in lines['`adamw`']
+    assert '11 / 0.7' in md  # per-seed table: fame seed 0
+    assert osp.getsize(out + '.png') > 10000
+    with open(out + '.json') as f:
+        assert json.load(f)['per_seed']['adamw']['2']['metrics']['mIoU'] == 14.0
+
+
+def test_summary_only_cli_and_missing_runs(tmp_path, capsys):
+    work = str(tmp_path / 'runs')
+    for seed, mAP in enumerate((0.2, 0.3)):
+        _fake_run(work, 'sgd', seed, [(10, 1.0), (20, 0.8)],
+                  {'coco/bbox_mAP': mAP, 'coco/bbox_mAP_50': 2 * mAP})
+    out = str(tmp_path / 'det')
+    summary = co.main(['--config', DET_CFG, '--optimizers', 'sgd', 'adamw', '--seeds', '0', '1',
+                       '--work-dir', work, '--out', out, '--summary-only'])
+    assert 'adamw/seed_0' in capsys.readouterr().out  # reported missing, not invented
+    assert list(summary['rows']) == ['sgd']
+    assert summary['metrics'] == ['coco/bbox_mAP', 'coco/bbox_mAP_50']
+    assert summary['rows']['sgd']['coco/bbox_mAP'][0] == pytest.approx(0.25)
+    assert '| `sgd` |' in open(out + '.md').read()
+
+
+def test_run_complete_needs_matching_stamp(tmp_path):
+    _fake_run(str(tmp_path), 'x', 0, [(10, 1.0)], {'mIoU': 1.0})
+    run = osp.join(str(tmp_path), 'x', 'seed_0')
+    stamp = co._stamp('cfg text', 0, [])
+    assert not co.run_complete(run, stamp, 'mIoU')  # no run.json
+    with open(osp.join(run, 'run.json'), 'w') as f:
+        json.dump(dict(stamp=stamp, returncode=0), f)
+    assert co.run_complete(run, stamp, 'mIoU')
+    assert not co.run_complete(run, co._stamp('cfg text', 1, []), 'mIoU')
+    assert not co.run_complete(run, stamp, 'coco/bbox_mAP')
