@@ -19,8 +19,8 @@ Usage::
 
     python tools/analysis_tools/compare_optimizers.py \
         --config configs/demo/segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py \
-        --optimizers fame fame-full adamw adam sgd --seeds 0 1 2 --iters 200 \
-        --work-dir work_dirs/compare/seg --out docs/results/seg_demo
+        --optimizers fame fame-full adamw adam sgd --seeds 0 1 2 --iters 300 \
+        --threads 1 --jobs 2 --work-dir work_dirs/compare/seg --out docs/results/seg_demo
     # re-plot / re-tabulate from the runs already there, without training:
     python tools/analysis_tools/compare_optimizers.py ... --summary-only
 

@@ -26,7 +26,8 @@ Part 2, the effect on optimization: ``x`` follows a moving optimum ``c(t)`` (lin
 circle) of ``f_t(x) = 0.5 * ||x - c(t)||^2`` under noisy gradients ``x - c(t) + sigma * noise``,
 with Adam (``mmfame.FAME`` with beta3 = beta4 = 0, which is exactly Adam), a DEMA variant (the
 tool-private ``CascadeAdam`` of ``compare_optimizers.py``, decay 0.3) and FAME (TEMA, defaults),
-plus the classic equal-decay TEMA (FAME with beta3 = beta4 = 0.9). Reported: the mean tracking
+plus FAME with beta3 = beta4 = 0.5 (the authors' constructor default) and the classic equal-decay
+TEMA (FAME with beta3 = beta4 = 0.9). Reported: the mean tracking
 distance ``||x_t - c(t)||`` after a burn-in, mean +- std over independent runs (seeds; the runs are
 rows of one tensor, which the element-wise optimizers treat independently), for several lr.
 
@@ -294,6 +295,11 @@ def write_markdown(path, rows, info, trows, tkw, lrs, seconds):
         f.write('\n'.join(L))
 
 
+# One colour per filter in every panel (optimizers take their first moment's colour).
+COLORS = {'ema': 'C0', 'adam': 'C0', 'dema': 'C1', 'tema': 'C2', 'fame': 'C2', 'tema-eq': 'C3',
+          'qema': 'C4', 'tema-0.5': 'C5', 'fame-0.5': 'C5', 'dema-eq': 'C6'}
+
+
 def plot(path, streams, info, rows, trows, lrs, tkw):
     import matplotlib
     matplotlib.use('Agg')
@@ -308,7 +314,7 @@ def plot(path, streams, info, rows, trows, lrs, tkw):
     win = np.arange(1, 120)
     for name in show + ['qema', 'tema-0.5']:
         est = cascade_estimate(ramp, ESTIMATORS[name][0])[:, 0]
-        ax.plot(win, (ramp[win, 0] - est[win]), label=f'{name}: steady state '
+        ax.plot(win, (ramp[win, 0] - est[win]), color=COLORS[name], label=f'{name}: steady state '
                 f'{rows[name]["ramp_lag"]:.2f}, fitted (noisy) '
                 f'{rows[name]["linear drift/lag"]:.2f}')
     ax.axhline(0, color='0.5', lw=0.8)
@@ -324,7 +330,7 @@ def plot(path, streams, info, rows, trows, lrs, tkw):
     for name in show:
         clean = cascade_estimate(trend(np.arange(T)), ESTIMATORS[name][0])
         r = rows[name]
-        ax.plot(win, clean[win, 0], label=f'{name}: t90={r["step/t90"]}')
+        ax.plot(win, clean[win, 0], color=COLORS[name], label=f'{name}: t90={r["step/t90"]}')
     ax.axhline(0.9, color='0.6', ls=':', lw=1)
     ax.set_title('step change: noise-free response', fontsize=9)
     ax.set_xlabel('step')
@@ -337,7 +343,7 @@ def plot(path, streams, info, rows, trows, lrs, tkw):
     ax.plot(win, trend(win)[:, 0], 'k-', lw=2, label='true gradient')
     for name in show:
         est = cascade_estimate(g, ESTIMATORS[name][0])
-        ax.plot(win, est[win, 0], lw=1,
+        ax.plot(win, est[win, 0], lw=1, color=COLORS[name],
                 label=f'{name}: lag {rows[name]["rotating quadratic/lag"]:.1f}, '
                 f'RMSE {rows[name]["rotating quadratic/rmse"]:.3f}')
     ax.set_title('rotating quadratic (coordinate 0): noisy estimates', fontsize=9)
@@ -347,7 +353,7 @@ def plot(path, streams, info, rows, trows, lrs, tkw):
     ax = axes[1, 0]
     for name in show + ['qema', 'tema-0.5']:
         w = impulse_response(ESTIMATORS[name][0], 40)
-        ax.plot(np.arange(40), w, marker='.', ms=3,
+        ax.plot(np.arange(40), w, marker='.', ms=3, color=COLORS[name],
                 label=f'{name}: ramp lag {rows[name]["ramp_lag"]:.2f}, noise gain '
                 f'{rows[name]["noise_gain"]:.2f}')
     ax.axhline(0, color='0.5', lw=0.8)
@@ -358,7 +364,7 @@ def plot(path, streams, info, rows, trows, lrs, tkw):
     for ax, problem in zip(axes[1, 1:], ('drift', 'circle')):
         for kind, label in OPTIMIZERS.items():
             ratio = [trows[(problem, kind, lr)][3] for lr in lrs]
-            ax.plot(lrs, ratio, marker='o', label=label)
+            ax.plot(lrs, ratio, marker='o', color=COLORS[kind], label=label)
         ax.axhline(1.0, color='0.5', lw=0.8)
         ax.set_xscale('log')
         ax.set_xlabel('lr')
