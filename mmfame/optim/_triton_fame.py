@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _view_as_real
 
-from .fame import NotFusable
+from .fame import _FUSED_DTYPES, NotFusable
 
 try:
     import triton
@@ -30,7 +30,6 @@ INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 BLOCK = 1024
 ITERS = 4
 NUM_WARPS = 4
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def require_triton() -> None:
@@ -250,7 +249,7 @@ def _check_tensors(device, params, grads, exp_avgs, steps) -> None:
             'set TRITON_INTERPRET=1 before importing mmfame.')
     for name, tensors in (('parameters', params), ('gradients', grads)):
         dtypes = {t.dtype for t in tensors}
-        if len(dtypes) != 1 or not dtypes <= set(_FLOAT_DTYPES):
+        if len(dtypes) != 1 or not dtypes <= set(_FUSED_DTYPES):
             raise NotFusable(f'FAME(fused=True) needs floating-point {name} of one dtype per '
                                f'group, got {sorted(map(str, dtypes))}')
     if any(not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
