@@ -105,9 +105,6 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return super().add_params(params, module, prefix, is_dcn_module)
         groups: List[dict] = []
         super().add_params(groups, module, prefix, is_dcn_module)
-        for group in groups:
-            if 'betas' in group:
-                group['betas'] = tuple(group['betas'])
         if 'decay_rate' in self.paramwise_cfg:
             self._apply_lr_decay(groups, module)
         if self.paramwise_cfg.get('merge_groups', True):
