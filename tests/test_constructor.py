@@ -173,28 +173,15 @@ def test_custom_keys_fame_keys_reach_the_optimizer():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize('value, match', [
-    (dict(betas=(0.9, 0.99, 0.5)), 'betas must be a 2-tuple'),
-    (dict(betas=0.9), 'betas must be a 2-tuple'),
-    (dict(betas=(0.9, 1.0)), r"custom_keys\['head'\].betas\[1\] must be in \[0, 1\)"),
-    (dict(beta3=1.0), r"custom_keys\['head'\].beta3 must be in \[0, 1\)"),
-    (dict(beta4=-0.1), r'beta4 must be in \[0, 1\)'),
-    (dict(eps=-1e-8), 'eps must be >= 0'),
-])
-def test_custom_keys_fame_keys_are_validated(value, match):
-    with pytest.raises(ValueError, match=match):
-        build(make_net(), dict(custom_keys={'head': value}))
-
-
 @pytest.mark.parametrize('key', ['momentum', 'nesterov', 'dampening'])
 def test_sgd_leftovers_are_refused(key):
-    with pytest.raises(ValueError, match=r"inherited .*_delete_=True, type='FAME'") as info:
+    with pytest.raises(TypeError, match=r"SGD base .*_delete_=True, type='FAME'") as info:
         build(make_net(), optimizer=dict(FAME_CFG, **{key: 0.9}))
     assert key in str(info.value)
 
 
 def test_unknown_fame_key_lists_the_valid_keys():
-    with pytest.raises(TypeError, match=r"unknown optimizer keys \['beta_3'\]") as info:
+    with pytest.raises(TypeError, match=r"unknown arguments \['beta_3'\]") as info:
         build(make_net(), optimizer=dict(FAME_CFG, beta_3=0.5))
     for key in ('lr', 'betas', 'beta3', 'beta4', 'decoupled_weight_decay', 'fused'):
         assert repr(key) in str(info.value)

@@ -336,22 +336,6 @@ def test_cpu_kernel_work_split_covers_every_element_once():
         assert all(x == 1 for row in seen for x in row)
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(lr=-1.0), 'learning rate'),
-    (dict(eps=-1.0), 'eps'),
-    (dict(weight_decay=-0.1), 'weight_decay'),
-    (dict(betas=(1.0, 0.999)), r'betas\[0\]'),
-    (dict(betas=(0.9, -0.1)), r'betas\[1\]'),
-    (dict(beta3=1.0), 'beta3'),
-    (dict(beta4=-0.5), 'beta4'),
-    (dict(betas=(0.9, 0.999, 0.3)), '2-tuple'),
-    (dict(lr=torch.tensor([1e-3, 1e-3])), '1-element'),
-])
-def test_invalid_hyper_parameters_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        FAME([torch.zeros(2, requires_grad=True)], **kwargs)
-
-
 def test_construction_errors():
     w = torch.zeros(2, requires_grad=True)
     with pytest.raises(TypeError):

@@ -20,6 +20,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from ._compat import increment_steps
+
 SOURCE = osp.join(osp.dirname(__file__), 'csrc', 'fame_cpu.c')
 FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-shared', '-fPIC']
 _PTRS = ctypes.POINTER(ctypes.c_void_p)
@@ -98,7 +100,7 @@ def cpu_kernel_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs
              max_exp_avg_sqs if amsgrad else []]
     if has_complex:
         lists = [[torch.view_as_real(t) if t.is_complex() else t for t in l] for l in lists]
-    torch._foreach_add_(state_steps, torch.tensor(1.0), alpha=1.0)
+    increment_steps(state_steps)
     ptrs = [_array(ctypes.c_void_p, [t.data_ptr() for t in l]) if l else None for l in lists]
     steps = _array(ctypes.c_double, [float(s) for s in state_steps])
     numels = [t.numel() for t in lists[0]]

@@ -16,14 +16,22 @@ import os
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _view_as_real
+from torch.optim.optimizer import Optimizer
 
+from ._compat import version_tuple, view_as_real
 from .fame import _FUSED_DTYPES, NotFusable
 
+# The kernel is written for Triton 3 (torch >= 2.4 ships it); older Triton, e.g. the 2.1 that
+# torch 2.1 ships, leaves FAME on its foreach path on CUDA.
+MIN_TRITON = (3, 0)
 try:
     import triton
     import triton.language as tl
+    _NO_TRITON = (None if version_tuple(triton.__version__) >= MIN_TRITON else
+                  f'Triton >= 3.0, found {triton.__version__}')
 except ImportError:  # pragma: no cover - exercised where triton is absent
+    _NO_TRITON = 'Triton >= 3.0: `pip install triton` (it ships with CUDA builds of PyTorch)'
+if _NO_TRITON is not None:
     triton = None
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
@@ -34,8 +42,8 @@ NUM_WARPS = 4
 
 def require_triton() -> None:
     if triton is None:
-        raise RuntimeError('FAME(fused=True) needs Triton: `pip install triton` (it ships with '
-                           'CUDA builds of PyTorch), or use the default foreach path')
+        raise RuntimeError(f'FAME(fused=True) needs {_NO_TRITON}; or use the default '
+                           '(foreach) path')
 
 
 if triton is not None:
@@ -215,7 +223,7 @@ class _Plan:
         self.states = lists[2:]  # unused state lists (no amsgrad, default FAME) are empty
         if any(torch.is_complex(p) for p in lists[0]):
             lists = [list(l) for l in lists]
-            _view_as_real(*(l for l in lists[:-1] if l))
+            view_as_real(*(l for l in lists[:-1] if l))
         grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
         self.batches = [_Batch(device, dtype, tensors[:-1], tensors[-1])
                         for (device, dtype), (tensors, _) in grouped.items()]

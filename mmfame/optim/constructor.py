@@ -13,7 +13,6 @@ On top of every ``paramwise_cfg`` key of :class:`DefaultOptimWrapperConstructor`
   without weight decay, unknown keys);
 * logs the resulting groups compactly.
 """
-import inspect
 from typing import List
 
 import torch.nn as nn
@@ -21,11 +20,10 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIMIZERS
 
-from .fame import FAME, _check_unit_interval
+from .fame import FAME, check_arguments, check_hyper_parameters
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
 _MEMBER_KEYS = ('params', 'param_names')
-_SGD_KEYS = ('momentum', 'nesterov', 'dampening')
 _DECAY_MULTS = ('bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult', 'flat_decay_mult')
 _DECAY_TYPES = ('layer_wise', 'stage_wise')
 _TOKENS = ('backbone.cls_token', 'backbone.mask_token', 'backbone.pos_embed')
@@ -64,22 +62,19 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def _check_fame_cfg(self) -> None:
         """Reject FAME configs that would train wrongly or fail deep inside the optimizer."""
-        cfg = self.optimizer_cfg
-        sgd = [k for k in _SGD_KEYS if k in cfg]
-        if sgd:
-            raise ValueError(
-                f'optim_wrapper.optimizer has SGD keys {sgd}: the config inherited them from an '
-                "SGD base. FAME has no momentum; write optimizer=dict(_delete_=True, type='FAME', "
-                'lr=..., weight_decay=...) to drop the base optimizer settings.')
-        valid = list(inspect.signature(FAME).parameters)[1:]
-        unknown = sorted(k for k in cfg if k != 'type' and k not in valid)
-        if unknown:
-            raise TypeError(f'FAME got unknown optimizer keys {unknown}; valid keys: {valid}')
+        cfg = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
+        check_arguments(cfg, where='optim_wrapper.optimizer (FAME)')
+        check_hyper_parameters(cfg, where='optim_wrapper.optimizer (FAME)')
         if not self.base_wd:
             custom = self.paramwise_cfg.get('custom_keys', {})
-            mults = [k for k in _DECAY_MULTS if self.paramwise_cfg.get(k)]
+            # A zero mult without weight_decay asks for no decay, but mmengine's constructor
+            # needs weight_decay set to apply it ("base_wd should not be None").
+            def matters(cfg, key):
+                return key in cfg and (cfg[key] or self.base_wd is None)
+
+            mults = [k for k in _DECAY_MULTS if matters(self.paramwise_cfg, k)]
             mults += [f'custom_keys[{key!r}].decay_mult' for key, value in custom.items()
-                      if value.get('decay_mult')]
+                      if matters(value, 'decay_mult')]
             if mults:
                 raise ValueError(
                     f'paramwise_cfg sets {mults} but optimizer weight_decay is '
@@ -87,16 +82,7 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     "optim_wrapper.optimizer (e.g. dict(type='FAME', weight_decay=0.05)) or "
                     'remove the mults.')
         for key, value in self.paramwise_cfg.get('custom_keys', {}).items():
-            if 'betas' in value and (not isinstance(value['betas'], (tuple, list))
-                                     or len(value['betas']) != 2):
-                raise ValueError(f'custom_keys[{key!r}].betas must be a 2-tuple (beta1, beta2), '
-                                 f"got {value['betas']!r}; set beta3/beta4 as their own keys")
-            betas = dict(zip(('betas[0]', 'betas[1]'), value.get('betas', ())))
-            betas.update({k: value[k] for k in ('beta3', 'beta4') if k in value})
-            for name, beta in betas.items():
-                _check_unit_interval(f'custom_keys[{key!r}].{name}', beta)
-            if value.get('eps', 0) < 0:
-                raise ValueError(f"custom_keys[{key!r}].eps must be >= 0, got {value['eps']}")
+            check_hyper_parameters(value, where=f'paramwise_cfg.custom_keys[{key!r}]')
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module=None) -> None:

@@ -6,15 +6,18 @@ same update: a per-parameter for-loop (the readable reference), a multi-tensor `
 the ``fused`` single-pass Triton kernel for CUDA (``_triton_fame``) and, as the CPU default, a
 single-pass C loop (``_cpu_kernel``).
 """
+import inspect
 import math
+import numbers
 from functools import partial
 from itertools import chain
 from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import (Optimizer, ParamsT, _get_scalar_dtype, _get_value,
-                                   _view_as_real)
+from torch.optim.optimizer import Optimizer
+
+from ._compat import ParamsT, get_scalar_dtype, get_value, increment_steps, view_as_real
 
 __all__ = ['FAME', 'fame']
 
@@ -40,32 +43,87 @@ class NotFusable(RuntimeError):
     """These tensors cannot take the fused kernel (found before anything was modified)."""
 
 
-def _check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f'FAME: {name} must be in [0, 1), got {value}')
+_SGD_KEYS = ('momentum', 'nesterov', 'dampening')
+_FLAGS = ('decoupled_weight_decay', 'amsgrad', 'maximize')
 
 
-def _check_hyper_parameters(group: dict) -> None:
-    betas = group['betas']
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f'FAME: betas must be a 2-tuple (beta1, beta2), got {betas!r}; '
-                         'the TEMA decays are the separate arguments beta3 and beta4')
-    for name, value in zip(('betas[0]', 'betas[1]', 'beta3', 'beta4'),
-                           (*betas, group['beta3'], group['beta4'])):
-        _check_unit_interval(name, value)
-    sq_betas = group.get('sq_betas')
-    if sq_betas is not None:
-        if not isinstance(sq_betas, (tuple, list)) or len(sq_betas) != 2:
-            raise ValueError(f'FAME: sq_betas must be None or a pair (decay of v2, decay of v3), '
-                             f'got {sq_betas!r}')
-        for name, value in zip(('sq_betas[0]', 'sq_betas[1]'), sq_betas):
-            _check_unit_interval(name, value)
-    for name in ('lr', 'eps', 'weight_decay'):
-        if name in group and not 0.0 <= group[name]:
-            raise ValueError(f'FAME: invalid {name} {group[name]} (must be >= 0)')
+def check_arguments(names, where: str = 'FAME') -> None:
+    """Refuse argument names FAME does not take, naming the fix (e.g. SGD leftovers)."""
+    params, *valid = inspect.signature(FAME).parameters
+    sgd = [k for k in names if k in _SGD_KEYS]
+    if sgd:
+        raise TypeError(
+            f'{where} got SGD arguments {sgd}: FAME has no momentum. In an OpenMMLab config '
+            'they come from an SGD base optimizer: write optim_wrapper=dict(optimizer=dict('
+            "_delete_=True, type='FAME', lr=..., weight_decay=...)) to drop the base settings.")
+    unknown = sorted(k for k in names if k not in valid and k != params)
+    if unknown:
+        raise TypeError(f'{where} got unknown arguments {unknown}; valid arguments: {valid}')
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _refuse(where: str, key: str, value, must: str, hint: str = '') -> None:
+    if isinstance(value, str):
+        hint = f'; write the value unquoted (e.g. {key}={value.strip()})'
+    elif value is None and key == 'weight_decay':
+        hint = '; use 0 for no weight decay'
+    raise ValueError(f'{where}: {key} must be {must}, got {value!r} '
+                     f'({type(value).__name__}){hint}')
+
+
+def _check_unit_pair(where: str, key: str, value, meaning: str) -> None:
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        _refuse(where, key, value, f'a pair ({meaning})',
+                '; the TEMA decays are the separate arguments beta3 and beta4'
+                if key == 'betas' else '')
+    for i, beta in enumerate(value):
+        if not (_is_real(beta) and 0.0 <= beta < 1.0):
+            _refuse(where, f'{key}[{i}]', beta, 'a number in [0, 1)')
+
+
+def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
+    """Check the types and ranges of the FAME hyper-parameters present in ``values`` (the
+    constructor's arguments, a param group or a config dict), with a message naming the key."""
+    if 'lr' in values:
+        lr = values['lr']
+        if isinstance(lr, Tensor):
+            if lr.numel() != 1 or not lr.is_floating_point():
+                raise ValueError(f'{where}: Tensor lr must be a 1-element floating-point tensor, '
+                                 f'got shape {tuple(lr.shape)} and dtype {lr.dtype}')
+            if not lr.item() >= 0:
+                raise ValueError(f'{where}: invalid learning rate lr={lr.item()} (must be >= 0)')
+        elif not _is_real(lr):
+            _refuse(where, 'lr', lr, 'a number >= 0 or a 1-element tensor')
+        elif not lr >= 0:
+            raise ValueError(f'{where}: invalid learning rate lr={lr} (must be >= 0)')
+    for key in ('eps', 'weight_decay'):
+        if key in values and not (_is_real(values[key]) and values[key] >= 0):
+            _refuse(where, key, values[key], 'a number >= 0')
+    if 'betas' in values:
+        _check_unit_pair(where, 'betas', values['betas'], 'beta1, beta2')
+    for key in ('beta3', 'beta4'):
+        if key in values and not (_is_real(values[key]) and 0.0 <= values[key] < 1.0):
+            _refuse(where, key, values[key], 'a number in [0, 1)')
+    if values.get('sq_betas') is not None:
+        _check_unit_pair(where, 'sq_betas', values['sq_betas'], 'decay of v2, decay of v3, or None')
+    for key in _FLAGS:
+        if key in values and not isinstance(values[key], bool):
+            _refuse(where, key, values[key], 'True or False')
+    for key in ('foreach', 'fused'):
+        if values.get(key) is not None and not isinstance(values[key], bool):
+            _refuse(where, key, values[key], 'None, True or False')
 
 
 class FAME(Optimizer):
+    def __new__(cls, *args, **kwargs):
+        # Refuse unknown keywords (an SGD config's momentum, a typo) with the fix named, before
+        # Python's bare "unexpected keyword argument" from __init__.
+        check_arguments(kwargs)
+        return super().__new__(cls)
+
     def __init__(self,
                  params: ParamsT,
                  lr: Union[float, Tensor] = 1e-3,
@@ -81,28 +139,25 @@ class FAME(Optimizer):
                  sq_betas: Optional[Tuple[float, float]] = None,
                  foreach: Optional[bool] = None,
                  fused: Optional[bool] = None):
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError('FAME: Tensor lr must be 1-element')
-        if not 0.0 <= lr:
-            raise ValueError(f'FAME: invalid learning rate {lr} (must be >= 0)')
-        if not 0.0 <= eps:
-            raise ValueError(f'FAME: invalid eps {eps} (must be >= 0)')
-        if not 0.0 <= weight_decay:
-            raise ValueError(f'FAME: invalid weight_decay {weight_decay} (must be >= 0)')
-        _check_hyper_parameters(dict(betas=betas, beta3=beta3, beta4=beta4, sq_betas=sq_betas))
+        defaults = dict(lr=lr, betas=betas, beta3=beta3, beta4=beta4, eps=eps,
+                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                        amsgrad=amsgrad, maximize=maximize, sq_betas=sq_betas, foreach=foreach,
+                        fused=fused)
+        check_hyper_parameters(defaults)
         if fused and foreach:
             raise RuntimeError('FAME: `fused` and `foreach` cannot both be True')
         if fused:
             from . import _triton_fame
             _triton_fame.require_triton()
-        defaults = dict(lr=lr, betas=tuple(betas), beta3=beta3, beta4=beta4, eps=eps,
-                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                        amsgrad=amsgrad, maximize=maximize,
-                        sq_betas=None if sq_betas is None else tuple(sq_betas),
-                        foreach=foreach, fused=fused)
+        defaults['betas'] = tuple(betas)
+        defaults['sq_betas'] = None if sq_betas is None else tuple(sq_betas)
         super().__init__(params, defaults)
         self._fused_plans = {}
         self._default_impls = {}
+
+    # inspect.signature(FAME) would otherwise show __new__'s (*args, **kwargs).
+    __signature__ = inspect.signature(__init__).replace(
+        parameters=list(inspect.signature(__init__).parameters.values())[1:])
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -129,10 +184,12 @@ class FAME(Optimizer):
         return impl
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group; its own hyper-parameters are checked like the constructor's."""
+        """Add a group; its own hyper-parameters are checked like the constructor's, before
+        anything is added."""
+        if isinstance(param_group, dict):
+            check_hyper_parameters(param_group, where=f'FAME param group {len(self.param_groups)}')
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_hyper_parameters(group)
         group['betas'] = tuple(group['betas'])
         if group['sq_betas'] is not None:
             group['sq_betas'] = tuple(group['sq_betas'])
@@ -167,14 +224,14 @@ class FAME(Optimizer):
                 # Step lives on the device for the fused kernel (found_inf without host sync),
                 # as a CPU scalar otherwise (cheap to read), like torch.optim.Adam.
                 state['step'] = (torch.zeros((), dtype=torch.float32, device=p.device)
-                                 if fused else torch.tensor(0.0, dtype=_get_scalar_dtype()))
+                                 if fused else torch.tensor(0.0, dtype=get_scalar_dtype()))
                 for key in MOMENT_KEYS:
                     state[key] = torch.zeros_like(p, dtype=_state_dtype(p),
                                                   memory_format=torch.preserve_format)
             elif state['step'].is_cpu != (p.is_cpu or not fused):
                 # The path changed since the state was made (or loaded): move `step` once.
                 state['step'] = (state['step'].to(p.device, torch.float32) if fused else
-                                 state['step'].to('cpu', _get_scalar_dtype()))
+                                 state['step'].to('cpu', get_scalar_dtype()))
             if amsgrad:
                 if AMSGRAD_KEY not in state:
                     state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
@@ -271,7 +328,7 @@ class FAME(Optimizer):
                 if key in saved:
                     state[key] = saved[key].to(device=p.device, dtype=_state_dtype(p), copy=True)
             # On the CPU; the next step moves it to the device if that step runs fused.
-            state['step'] = torch.tensor(_get_value(saved['step']), dtype=_get_scalar_dtype())
+            state['step'] = torch.tensor(get_value(saved['step']), dtype=get_scalar_dtype())
 
 
 def _hashable(value):
@@ -377,7 +434,7 @@ def fame(params: List[Tensor],
             if grad_scale is not None:
                 torch._foreach_div_(grads, grad_scale.item())
             grad_scale = found_inf = None
-        lr = _get_value(lr)
+        lr = get_value(lr)
     func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
          exp_avg_sq_3s, max_exp_avg_sqs, state_steps, grad_scale=grad_scale,
          found_inf=found_inf, has_complex=has_complex, amsgrad=amsgrad, beta1=beta1,
@@ -422,7 +479,7 @@ def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg
         grad = grad.to(m1.dtype)
 
         state_steps[i] += 1
-        step = _get_value(state_steps[i])
+        step = get_value(state_steps[i])
         if maximize:
             grad = -grad
         if weight_decay != 0:
@@ -461,10 +518,7 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
     full = sq_betas is not None
     for (device, _), (tensors, _) in grouped.items():
         p_, g_, m1_, m2_, m3_, v_, v2_, v3_, vmax_, steps = (list(t) for t in tensors)
-        if steps[0].is_cpu:
-            torch._foreach_add_(steps, torch.tensor(1.0, device='cpu'), alpha=1.0)
-        else:
-            torch._foreach_add_(steps, 1)
+        increment_steps(steps)
         # Per-tensor scalars (steps may differ: params skipped while frozen keep their count).
         step_size, eps_hat = _bias_corrected_scalars(steps, lr, beta1, beta2, eps)
         low_precision = p_[0].dtype != m1_[0].dtype
@@ -474,7 +528,7 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
             state_lists = [m1_, m2_, m3_, v_] + [vmax_] * amsgrad + [v2_, v3_] * full
             p32 = list(p32)
             g32 = list(g32)
-            _view_as_real(p32, g32, *state_lists)
+            view_as_real(p32, g32, *state_lists)
         tensor_lists = [p32, g32, m1_, m2_, m3_, v_, v2_ if full else None,
                         v3_ if full else None, vmax_ if amsgrad else None]
         scalar_lists = [step_size, eps_hat]
@@ -492,7 +546,7 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
 def _bias_corrected_scalars(steps, lr, beta1, beta2, eps):
     """Per tensor: -lr*sqrt(bc2)/bc1 and eps*sqrt(bc2), so that
     ``p += step_size * tema / (sqrt(v) + eps_hat)`` is Adam's bias-corrected update."""
-    values = [_get_value(s) for s in steps]
+    values = [get_value(s) for s in steps]
     cache = {}
     for t in set(values):
         bc2_sqrt = math.sqrt(1 - beta2**t)

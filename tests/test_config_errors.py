@@ -1,0 +1,137 @@
+"""Every bad FAME optimizer config fails when the optim wrapper is built, naming the key and the
+fix, whichever constructor builds it (mmengine's default, FAMEOptimWrapperConstructor, with or
+without paramwise_cfg) and in plain PyTorch."""
+import pytest
+import torch
+from mmengine.optim import build_optim_wrapper
+from torch import nn
+
+from mmfame import FAME
+
+DELETE = r"_delete_=True, type='FAME'"
+UNQUOTED = 'write the value unquoted'
+# (optimizer keys, exception, regex the message must match): the regex names the key and the fix.
+CASES = {
+    'sgd momentum': (dict(momentum=0.9), TypeError, r"\['momentum'\].*" + DELETE),
+    'sgd nesterov': (dict(nesterov=True), TypeError, r"\['nesterov'\].*" + DELETE),
+    'sgd dampening': (dict(dampening=0.), TypeError, r"\['dampening'\].*" + DELETE),
+    'typo': (dict(beta_3=0.5), TypeError, r"unknown arguments \['beta_3'\]; valid arguments: "
+             r"\['lr', 'betas', 'beta3', 'beta4', 'eps', 'weight_decay'"),
+    'lr str': (dict(lr='1e-4'), ValueError, r"lr must be a number .* got '1e-4' .*lr=1e-4"),
+    'lr None': (dict(lr=None), ValueError, r'lr must be a number .* got None'),
+    'lr negative': (dict(lr=-1e-3), ValueError, r'learning rate lr=-0.001 \(must be >= 0\)'),
+    'lr bool': (dict(lr=True), ValueError, r'lr must be a number .* got True'),
+    'eps str': (dict(eps='1e-8'), ValueError, r"eps must be a number >= 0, got '1e-8' .*"
+                + UNQUOTED),
+    'eps negative': (dict(eps=-1.), ValueError, r'eps must be a number >= 0, got -1.0'),
+    'weight_decay None': (dict(weight_decay=None), ValueError,
+                          r'weight_decay must be a number >= 0, got None .*use 0 for no weight'),
+    'weight_decay str': (dict(weight_decay='0.05'), ValueError, r"weight_decay .*'0.05'.*"
+                         + UNQUOTED),
+    'weight_decay negative': (dict(weight_decay=-0.1), ValueError, r'weight_decay .*-0.1'),
+    'betas str': (dict(betas='(0.9, 0.999)'), ValueError, r'betas must be a pair \(beta1, beta2\)'),
+    'betas three': (dict(betas=(0.9, 0.999, 0.3)), ValueError,
+                    r'betas must be a pair .*separate arguments beta3 and beta4'),
+    'betas element str': (dict(betas=(0.9, '0.999')), ValueError,
+                          r"betas\[1\] must be a number in \[0, 1\), got '0.999'"),
+    'betas element range': (dict(betas=(1.0, 0.999)), ValueError,
+                            r'betas\[0\] must be a number in \[0, 1\), got 1.0'),
+    'beta3 range': (dict(beta3=1.5), ValueError, r'beta3 must be a number in \[0, 1\), got 1.5'),
+    'beta4 str': (dict(beta4='0.7'), ValueError, r"beta4 must be .*'0.7'.*" + UNQUOTED),
+    'sq_betas number': (dict(sq_betas=0.5), ValueError, r'sq_betas must be a pair .*or None'),
+    'sq_betas range': (dict(sq_betas=(0.3, 1.2)), ValueError, r'sq_betas\[1\] .*got 1.2'),
+    'amsgrad str': (dict(amsgrad='False'), ValueError, r"amsgrad must be True or False, got "
+                    r"'False'.*amsgrad=False"),
+    'maximize int': (dict(maximize=1), ValueError, r'maximize must be True or False, got 1'),
+    'foreach str': (dict(foreach='yes'), ValueError, r'foreach must be None, True or False'),
+}
+CONSTRUCTORS = {
+    'default': dict(),
+    'default paramwise': dict(paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.)),
+    'fame': dict(constructor='FAMEOptimWrapperConstructor'),
+    'fame paramwise': dict(constructor='FAMEOptimWrapperConstructor',
+                           paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.)),
+}
+
+# mmengine's default constructor multiplies weight_decay by the paramwise decay mults before FAME
+# (or any mmfame code) sees it: it fails at build time too, with mmengine's own message
+# ('base_wd should not be None', or Python's for a string). FAMEOptimWrapperConstructor checks first.
+MMENGINE_FIRST = {('weight_decay None', 'default paramwise'),
+                  ('weight_decay str', 'default paramwise')}
+
+
+@pytest.mark.parametrize('constructor', CONSTRUCTORS)
+@pytest.mark.parametrize('case', CASES)
+def test_bad_config_fails_at_build_naming_key_and_fix(case, constructor):
+    keys, error, match = CASES[case]
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = dict(type='FAME', lr=1e-3, weight_decay=0.05)
+    optimizer.update(keys)
+    cfg = dict(type='OptimWrapper', optimizer=optimizer, **CONSTRUCTORS[constructor])
+    if (case, constructor) in MMENGINE_FIRST:
+        error, match = (TypeError, ValueError), None
+    with pytest.raises(error, match=match):
+        build_optim_wrapper(net, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_bad_argument_fails_in_plain_pytorch(case):
+    keys, error, match = CASES[case]
+    with pytest.raises(error, match=match):
+        FAME([nn.Parameter(torch.zeros(2))], **keys)
+
+
+@pytest.mark.parametrize('lr', [torch.tensor([1e-3, 1e-3]), torch.tensor(1)])
+def test_tensor_lr_must_be_one_floating_point_element(lr):
+    with pytest.raises(ValueError, match='1-element floating-point tensor'):
+        FAME([nn.Parameter(torch.zeros(2))], lr=lr)
+
+
+@pytest.mark.parametrize('case', [c for c in CASES if CASES[c][1] is ValueError])
+def test_bad_group_value_fails_before_the_group_is_added(case):
+    keys, error, match = CASES[case]
+    optimizer = FAME([nn.Parameter(torch.zeros(2))])
+    with pytest.raises(error, match=match):
+        optimizer.add_param_group(dict(params=[nn.Parameter(torch.zeros(3))], **keys))
+    assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize('value, match', [
+    (dict(beta3='0.5'), r"custom_keys\['head'\]: beta3 must be .*'0.5'"),
+    (dict(beta3=1.0), r"custom_keys\['head'\]: beta3 must be a number in \[0, 1\)"),
+    (dict(beta4=-0.1), r"custom_keys\['head'\]: beta4 must be a number in \[0, 1\)"),
+    (dict(betas=(0.9, 0.999, 0.3)), r"custom_keys\['head'\]: betas must be a pair"),
+    (dict(betas=0.9), r"custom_keys\['head'\]: betas must be a pair"),
+    (dict(betas=(0.9, 1.0)), r"custom_keys\['head'\]: betas\[1\] must be a number in \[0, 1\)"),
+    (dict(eps=-1.), r"custom_keys\['head'\]: eps must be a number >= 0"),
+])
+def test_bad_custom_keys_value_names_the_entry(value, match):
+    net = nn.Sequential()
+    net.add_module('head', nn.Linear(2, 2))
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='FAME', lr=1e-3),
+               constructor='FAMEOptimWrapperConstructor',
+               paramwise_cfg=dict(custom_keys={'head': value}))
+    with pytest.raises(ValueError, match=match):
+        build_optim_wrapper(net, cfg)
+
+
+def test_zero_decay_mult_without_weight_decay_names_the_fix():
+    """mmengine's own message here is 'base_wd should not be None'."""
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='FAME', lr=1e-3),
+               constructor='FAMEOptimWrapperConstructor',
+               paramwise_cfg=dict(norm_decay_mult=0.))
+    with pytest.raises(ValueError, match=r"\['norm_decay_mult'\].*set weight_decay in "
+                                         r'optim_wrapper.optimizer'):
+        build_optim_wrapper(nn.Sequential(nn.BatchNorm1d(2)), cfg)
+
+
+def test_good_config_builds_under_every_constructor():
+    for constructor, extra in CONSTRUCTORS.items():
+        cfg = dict(type='OptimWrapper', optimizer=dict(type='FAME', lr=1e-3, weight_decay=0.05,
+                                                       betas=[0.9, 0.99], sq_betas=[0.5, 0.5]),
+                   **extra)
+        wrapper = build_optim_wrapper(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), cfg)
+        assert isinstance(wrapper.optimizer, FAME), constructor
+        assert wrapper.optimizer.defaults['betas'] == (0.9, 0.99)
