@@ -10,8 +10,8 @@ package. Scope-dependent behaviour follows each package's own test.py:
   mmseg uses the config's ``tta_model``/``tta_pipeline``;
 * ``--show``/``--show-dir``: each package's visualization hook.
 
-Checkpoints are loaded with ``weights_only=True`` (torch >= 2.6) after allowlisting the classes
-mmengine Runner checkpoints pickle; without CUDA the distributed launchers run on gloo.
+Checkpoints are loaded with ``weights_only=True`` (torch >= 2.6) through the allowlist that
+``import mmfame`` registers; without CUDA the distributed launchers run on gloo.
 """
 import argparse
 import os
@@ -29,8 +29,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.utils import (finalize_distributed,  # noqa: E402
-                          register_checkpoint_safe_globals, setup_cpu_distributed)
+from mmfame.utils import finalize_distributed, setup_cpu_distributed  # noqa: E402
 
 
 # TODO: support fuse_conv_bn and format_only
@@ -188,8 +187,7 @@ def main():
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
 
-    # load_from under torch >= 2.6's weights_only default; CPU launchers (no-op with CUDA)
-    register_checkpoint_safe_globals()
+    # CPU launchers (no-op with CUDA)
     setup_cpu_distributed(cfg)
 
     # build the runner from config

@@ -5,9 +5,8 @@ MMDetection 3.x's ``tools/train.py`` argument surface. The config's ``default_sc
 (``mmdet``/``mmseg``) decides which package's registries the Runner uses, so one script serves
 both. Differences from upstream, none of which changes a run on GPUs:
 
-* ``import mmfame`` registers ``type='FAME'``;
-* ``--resume`` loads mmengine Runner checkpoints under torch >= 2.6 by allowlisting exactly the
-  non-tensor classes they pickle (``mmfame.utils.register_checkpoint_safe_globals``);
+* ``import mmfame`` registers ``type='FAME'`` and the allowlist with which ``--resume`` loads
+  mmengine Runner checkpoints under torch >= 2.6 (as it does for upstream's own train.py);
 * without CUDA, the distributed launchers run on gloo (``mmfame.utils.setup_cpu_distributed``).
 """
 import argparse
@@ -25,8 +24,7 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.utils import (finalize_distributed,  # noqa: E402
-                          register_checkpoint_safe_globals, setup_cpu_distributed)
+from mmfame.utils import finalize_distributed, setup_cpu_distributed  # noqa: E402
 
 
 def parse_args():
@@ -145,8 +143,6 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
-    # Runner checkpoints (resume, load_from) under torch >= 2.6's weights_only default.
-    register_checkpoint_safe_globals()
     # No CUDA + a distributed launcher: gloo, no device_ids, no SyncBN. No-op with CUDA.
     setup_cpu_distributed(cfg)
 
