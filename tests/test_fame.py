@@ -42,7 +42,7 @@ CONFIGS = {
 def usable(impl, device):
     if impl == 'fused':
         if not HAS_TRITON:
-            pytest.skip('triton is not installed')
+            pytest.skip('Triton >= 3.0 is not installed')
         if device == 'cpu' and not _triton_fame.INTERPRET:
             pytest.skip('fused on CPU runs only under TRITON_INTERPRET=1')
 
@@ -355,7 +355,7 @@ def test_sparse_gradients_are_refused_by_name(impl):
         FAME(emb.parameters(), **IMPLS[impl]).step()
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason='triton is not installed')
+@pytest.mark.skipif(not HAS_TRITON, reason='Triton >= 3.0 is not installed')
 def test_fused_on_cpu_without_interpreter_says_fused_is_for_cuda():
     code = ('import torch; from mmfame import FAME\n'
             'w = torch.zeros(3, requires_grad=True); w.grad = torch.ones(3)\n'
@@ -406,7 +406,7 @@ def test_step_size_math_matches_adam_bias_correction():
     assert torch.allclose(w, torch.full((4,), expected, dtype=torch.float64), rtol=1e-14)
 
 
-@pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and triton')
+@pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and Triton >= 3.0')
 def test_default_path_on_cuda_is_fused_and_matches_foreach(monkeypatch):
     params = make_params('cuda', torch.float32)
     twins = [p.detach().clone().requires_grad_() for p in params]
@@ -424,7 +424,7 @@ def test_default_path_on_cuda_is_fused_and_matches_foreach(monkeypatch):
         assert torch.allclose(p, q, atol=1e-6)
 
 
-@pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and triton')
+@pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and Triton >= 3.0')
 def test_default_falls_back_to_foreach_for_a_strided_grad_but_fused_true_refuses():
     w = torch.randn(6, 4, device='cuda', requires_grad=True)
     w.grad = torch.randn(4, 6, device='cuda').t()  # contiguous param, strided grad

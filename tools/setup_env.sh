@@ -1,32 +1,98 @@
 #!/usr/bin/env bash
-# Create or refresh the project's virtual environment at .venv/ with the full pinned stack.
-# Idempotent: a second run only checks what is installed (pip's wheel cache keeps the mmcv build).
+# Create or refresh the virtual environment of one of the project's tested stacks, installed from
+# its lock file (every package pinned to the versions the test suite passed with).
+#
+#   bash tools/setup_env.sh [STACK]           STACK: default (.venv, torch 2.13, Python 3.11)
+#                                             or torch2.1 (.venv-torch2.1, torch 2.1.2, numpy 1.26,
+#                                             Python 3.9)
+#   bash tools/setup_env.sh --relock [STACK]  re-resolve tools/locks/STACK.in and pyproject.toml's
+#                                             extras in a new environment, run the test suite in
+#                                             it and, if it passes, rewrite tools/locks/STACK.txt
+#
+# Idempotent: a second run only checks what is installed. mmcv 2.1.0 has no wheels for these
+# stacks on PyPI: it is built from source with its CPU ops (about 14 minutes on 2 cores) once per
+# torch version into a wheel cache (MMFAME_WHEELS, default ~/.cache/mmfame/wheels). pip's own
+# cache cannot be used: it would hand the wheel built against one torch to another torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
-VENV=.venv
-STAMP=$VENV/.mmfame-setup
-want=$(cat tools/setup_env.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+relock=0
+if [ "${1:-}" = --relock ]; then relock=1; shift; fi
+STACK=${1:-default}
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
+python39() {  # the oldest supported Python: on PATH, or from pyenv
+  for py in python3.9 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python3.9; do
+    if command -v "$py" >/dev/null && "$py" -c '' 2>/dev/null; then echo "$py"; return; fi
+  done
+  echo "setup_env: no Python 3.9 found; building the torch2.1 stack with python3" >&2
+  echo python3
+}
+
+case $STACK in
+  default) VENV=.venv; PY=${PYTHON:-python3} ;;
+  torch2.1) VENV=.venv-torch2.1; PY=${PYTHON:-$(python39)} ;;
+  *) echo "setup_env: unknown stack '$STACK' (use default or torch2.1)" >&2; exit 2 ;;
+esac
+REQS=tools/locks/$STACK.in
+LOCK=tools/locks/$STACK.txt
+STAMP=$VENV/.mmfame-setup
+fingerprint() {  # of everything that decides what the environment holds
+  cat tools/setup_env.sh pyproject.toml "$REQS" $([ -f "$LOCK" ] && echo "$LOCK") \
+    | sha256sum | cut -d' ' -f1
+}
+want=$(fingerprint)
+
+if [ $relock = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
    && $VENV/bin/python -c 'import mmfame, mmcv.ops, mmdet, mmseg' 2>/dev/null; then
-  echo "setup_env: .venv is up to date"
+  echo "setup_env: $VENV ($STACK) is up to date"
   exit 0
 fi
 
-[ -x $VENV/bin/python ] || $PY -m venv $VENV
-# pip warns about local index folders this machine kind lists but lacks: keep only real errors.
-pip() { $VENV/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
-pip install -q --upgrade pip
-# Pin torch: an open range may pull a multi-GB CUDA build. torch pulls the newest setuptools, so the
-# build tools come after it: mmcv's setup.py (and mmengine's mmdet:: lookup) import pkg_resources.
-pip install -q 'torch==2.13.0'
-pip install -q 'setuptools<82' wheel ninja numpy
-if ! $VENV/bin/python -c 'import mmcv.ops' 2>/dev/null; then
-  echo "setup_env: building mmcv 2.1.0 with ops (about 14 minutes on 2 cores, cached afterwards)"
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pip install --no-build-isolation 'mmcv==2.1.0'
+if [ $relock = 1 ]; then
+  rm -rf "$VENV"
+  pins=()
+else
+  pins=(-c "$LOCK")
 fi
-pip install -q --no-build-isolation -e '.[openmmlab,test]'
-$VENV/bin/python -c 'import mmfame, mmcv.ops, mmdet, mmseg; print("setup_env: ok, torch", __import__("torch").__version__)'
+[ -x $VENV/bin/python ] || "$PY" -m venv $VENV
+# pip warns about local index folders this machine kind lists but lacks, and about openmim's
+# opendatalab (left out on purpose, below): keep only real errors.
+pip() {
+  $VENV/bin/python -m pip "$@" 2> >(grep -v -e "^WARNING: Location" -e "requires opendatalab" \
+    -e "^ERROR: pip's dependency resolver does not currently" >&2)
+}
+pip install -q "${pins[@]}" --upgrade pip
+# torch and the build tools first: mmcv's setup.py imports torch, and it and mmengine's `mmdet::`
+# config lookup import pkg_resources (gone in setuptools 82).
+pip install -q "${pins[@]}" -r "$REQS"
+
+torch_version=$($VENV/bin/python -c 'import torch; print(torch.__version__)')
+py_tag=$($VENV/bin/python -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+wheels=${MMFAME_WHEELS:-$HOME/.cache/mmfame/wheels}/torch-$torch_version-$py_tag
+if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+  echo "setup_env: building mmcv 2.1.0 with ops against torch $torch_version" \
+       "(about 14 minutes on 2 cores, cached in $wheels)"
+  tmp=$(mktemp -d)
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pip wheel -q --no-build-isolation --no-deps \
+    --no-cache-dir -w "$tmp" 'mmcv==2.1.0'
+  mkdir -p "$wheels" && mv "$tmp"/mmcv-2.1.0-*.whl "$wheels"/ && rm -rf "$tmp"
+fi
+pip install -q "${pins[@]}" "$wheels"/mmcv-2.1.0-*.whl
+pip install -q "${pins[@]}" --no-build-isolation -e '.[openmmlab,test]'
+# openmim (`mim train/test`, tested) without its dataset downloader opendatalab, whose openxlab
+# would downgrade setuptools to 60.2.
+pip install -q "${pins[@]}" --no-deps 'openmim==0.3.9'
+pip install -q "${pins[@]}" click colorama model-index pandas requests rich tabulate
+$VENV/bin/python -c 'import mmfame, mmcv.ops, mmdet, mmseg, torch, numpy, sys
+print("setup_env: ok: Python %s, torch %s, numpy %s, mmcv %s, mmdet %s, mmseg %s" % (
+    sys.version.split()[0], torch.__version__, numpy.__version__, mmcv.__version__,
+    mmdet.__version__, mmseg.__version__))'
+
+if [ $relock = 1 ]; then
+  $VENV/bin/python -m pytest tests -q -p no:cacheprovider
+  { echo "# tools/setup_env.sh --relock $STACK on $(date -u +%Y-%m-%d): every package of $VENV"
+    pip list --format=freeze --exclude-editable; } > "$LOCK"  # name==version, also for mmcv
+  echo "setup_env: wrote $LOCK"
+  want=$(fingerprint)
+fi
 echo "$want" > "$STAMP"
