@@ -11,6 +11,7 @@ from mmfame import FAME, FAMEOptimWrapperConstructor
 
 LR, WD = 1e-3, 0.05
 FAME_CFG = dict(type='FAME', lr=LR, weight_decay=WD)
+NO_STACK = 'the OpenMMLab stack (mmcv, mmdet, mmseg) is not installed'
 
 
 class TinyConvNeXt(nn.Module):
@@ -251,6 +252,7 @@ def test_log_lists_groups_and_non_default_keys(monkeypatch):
 # --- layer-wise learning-rate decay ------------------------------------------------------------
 
 def upstream_groups(model, paramwise_cfg, package, name='LearningRateDecayOptimizerConstructor'):
+    pytest.importorskip(package, reason=NO_STACK)
     module = __import__(f'{package}.engine.optimizers', fromlist=[name])
     return per_param(build(model, paramwise_cfg, constructor=getattr(module, name)).optimizer,
                      model)
@@ -294,6 +296,7 @@ def test_convnext_layer_ids():
 def test_vit_decay_matches_mmseg():
     """mmseg's BEiT/MAE layer_wise; upstream's 'no decay' for pos_embed/cls_token compares the
     full name with the bare one and never fires, we give them weight_decay 0 as intended."""
+    pytest.importorskip('mmseg', reason=NO_STACK)
     from mmseg.models.backbones import MAE
     model = make_net(MAE(img_size=16, patch_size=4, embed_dims=8, num_layers=3, num_heads=2,
                          mlp_ratio=1, out_indices=(2,), init_cfg=None))
@@ -310,6 +313,7 @@ def test_vit_decay_matches_mmseg():
 
 @pytest.mark.parametrize('decay_type', ['layer_wise', 'stage_wise'])
 def test_swin_decay(decay_type):
+    pytest.importorskip('mmdet', reason=NO_STACK)
     from mmdet.models.backbones import SwinTransformer
     model = make_net(SwinTransformer(embed_dims=4, depths=(1, 2, 1, 1), num_heads=(1, 1, 1, 1),
                                      window_size=2, init_cfg=None))
@@ -351,6 +355,7 @@ def test_decay_config_errors(paramwise_cfg, match):
 
 
 def test_decay_unsupported_backbone():
+    pytest.importorskip('mmseg', reason=NO_STACK)
     from mmseg.models.backbones import MAE
     model = make_net(MAE(img_size=16, patch_size=4, embed_dims=8, num_layers=1, num_heads=2,
                          init_cfg=None))
@@ -389,6 +394,7 @@ def test_fame_steps_under_upstream_constructors(name):
     constructor, backbone, paramwise_cfg = UPSTREAM[name]
     if isinstance(constructor, str):
         package, _, cls = constructor.partition('.')
+        pytest.importorskip(package, reason=NO_STACK)
         module = __import__(f'{package}.engine.optimizers', fromlist=['x'])
         constructor = getattr(module, cls or 'LearningRateDecayOptimizerConstructor')
     model = make_net(backbone() if backbone else None)

@@ -18,6 +18,7 @@ from mmfame.datasets import (ADE_LABEL_IDS, DEMO_CLASSES, make_ade20k_demo, make
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 H, W = 64, 80
 NUM_TRAIN, NUM_VAL = 6, 4
+NO_STACK = 'the OpenMMLab stack (mmcv, mmdet, mmseg) is not installed'
 KW = dict(num_train=NUM_TRAIN, num_val=NUM_VAL, img_size=(H, W))
 
 
@@ -103,8 +104,8 @@ def test_command_line(tmp_path):
 
 
 def test_coco_json_with_pycocotools(demo):
-    import cv2
-    from pycocotools.coco import COCO
+    cv2 = pytest.importorskip('cv2')
+    COCO = pytest.importorskip('pycocotools.coco').COCO
     _, paths = demo
     for split, num in (('train', NUM_TRAIN), ('val', NUM_VAL)):
         coco = COCO(paths['coco'][f'{split}_ann'])
@@ -140,6 +141,7 @@ def test_coco_json_with_pycocotools(demo):
 
 
 def test_mmdet_coco_dataset_and_metric(demo):
+    pytest.importorskip('mmdet', reason=NO_STACK)
     import torch
     from mmdet.datasets import CocoDataset
     from mmdet.datasets.transforms import LoadAnnotations
@@ -188,6 +190,7 @@ def test_mmdet_coco_dataset_and_metric(demo):
 
 
 def test_mmseg_ade20k_dataset(demo):
+    pytest.importorskip('mmseg', reason=NO_STACK)
     import cv2
     from mmcv.transforms import LoadImageFromFile
     from mmseg.datasets import ADE20KDataset
@@ -221,7 +224,7 @@ def test_mmseg_ade20k_dataset(demo):
 
 def test_rendered_masks_match_their_polygons():
     """The painted pixels are the polygon as pycocotools rasterises it (up to edge pixels)."""
-    from pycocotools import mask as mask_utils
+    mask_utils = pytest.importorskip('pycocotools.mask')
     from mmfame.datasets import render_sample
     ious = []
     for seed in range(20):

@@ -2,9 +2,10 @@
 # Create or refresh the virtual environment of one of the project's tested stacks, installed from
 # its lock file (every package pinned to the versions the test suite passed with).
 #
-#   bash tools/setup_env.sh [STACK]           STACK: default (.venv, torch 2.13, Python 3.11)
-#                                             or torch2.1 (.venv-torch2.1, torch 2.1.2, numpy 1.26,
-#                                             Python 3.9)
+#   bash tools/setup_env.sh [STACK]           STACK: default (.venv, torch 2.13, Python 3.11),
+#                                             torch2.1 (.venv-torch2.1, torch 2.1.2, numpy 1.26,
+#                                             Python 3.9) or newest (.venv-newest, the newest
+#                                             torch and numpy, no OpenMMLab stack)
 #   bash tools/setup_env.sh --relock [STACK]  re-resolve tools/locks/STACK.in and pyproject.toml's
 #                                             extras in a new environment, run the test suite in
 #                                             it and, if it passes, rewrite tools/locks/STACK.txt
@@ -28,11 +29,16 @@ python39() {  # the oldest supported Python: on PATH, or from pyenv
   echo python3
 }
 
+openmmlab=1
 case $STACK in
   default) VENV=.venv; PY=${PYTHON:-python3} ;;
   torch2.1) VENV=.venv-torch2.1; PY=${PYTHON:-$(python39)} ;;
-  *) echo "setup_env: unknown stack '$STACK' (use default or torch2.1)" >&2; exit 2 ;;
+  # A machine-wide pip configuration may cap torch below the newest release: bypass it.
+  newest) VENV=.venv-newest; PY=${PYTHON:-python3}; openmmlab=0; export PIP_CONFIG_FILE=/dev/null ;;
+  *) echo "setup_env: unknown stack '$STACK' (use default, torch2.1 or newest)" >&2; exit 2 ;;
 esac
+imports=mmfame
+[ $openmmlab = 1 ] && imports="mmfame, mmcv.ops, mmdet, mmseg"
 REQS=tools/locks/$STACK.in
 LOCK=tools/locks/$STACK.txt
 STAMP=$VENV/.mmfame-setup
@@ -43,7 +49,7 @@ fingerprint() {  # of everything that decides what the environment holds
 want=$(fingerprint)
 
 if [ $relock = 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && $VENV/bin/python -c 'import mmfame, mmcv.ops, mmdet, mmseg' 2>/dev/null; then
+   && $VENV/bin/python -c "import $imports" 2>/dev/null; then
   echo "setup_env: $VENV ($STACK) is up to date"
   exit 0
 fi
@@ -66,27 +72,31 @@ pip install -q "${pins[@]}" --upgrade pip
 # config lookup import pkg_resources (gone in setuptools 82).
 pip install -q "${pins[@]}" -r "$REQS"
 
-torch_version=$($VENV/bin/python -c 'import torch; print(torch.__version__)')
-py_tag=$($VENV/bin/python -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
-wheels=${MMFAME_WHEELS:-$HOME/.cache/mmfame/wheels}/torch-$torch_version-$py_tag
-if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
-  echo "setup_env: building mmcv 2.1.0 with ops against torch $torch_version" \
-       "(about 14 minutes on 2 cores, cached in $wheels)"
-  tmp=$(mktemp -d)
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pip wheel -q --no-build-isolation --no-deps \
-    --no-cache-dir -w "$tmp" 'mmcv==2.1.0'
-  mkdir -p "$wheels" && mv "$tmp"/mmcv-2.1.0-*.whl "$wheels"/ && rm -rf "$tmp"
+if [ $openmmlab = 1 ]; then
+  torch_version=$($VENV/bin/python -c 'import torch; print(torch.__version__)')
+  py_tag=$($VENV/bin/python -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+  wheels=${MMFAME_WHEELS:-$HOME/.cache/mmfame/wheels}/torch-$torch_version-$py_tag
+  if ! ls "$wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    echo "setup_env: building mmcv 2.1.0 with ops against torch $torch_version" \
+         "(about 14 minutes on 2 cores, cached in $wheels)"
+    tmp=$(mktemp -d)
+    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pip wheel -q --no-build-isolation --no-deps \
+      --no-cache-dir -w "$tmp" 'mmcv==2.1.0'
+    mkdir -p "$wheels" && mv "$tmp"/mmcv-2.1.0-*.whl "$wheels"/ && rm -rf "$tmp"
+  fi
+  pip install -q "${pins[@]}" "$wheels"/mmcv-2.1.0-*.whl
+  pip install -q "${pins[@]}" --no-build-isolation -e '.[openmmlab,test]'
+  # openmim (`mim train/test`, tested) without its dataset downloader opendatalab, whose openxlab
+  # would downgrade setuptools to 60.2.
+  pip install -q "${pins[@]}" --no-deps 'openmim==0.3.9'
+  pip install -q "${pins[@]}" click colorama model-index pandas requests rich tabulate
+else
+  pip install -q "${pins[@]}" --no-build-isolation -e '.[test]'
 fi
-pip install -q "${pins[@]}" "$wheels"/mmcv-2.1.0-*.whl
-pip install -q "${pins[@]}" --no-build-isolation -e '.[openmmlab,test]'
-# openmim (`mim train/test`, tested) without its dataset downloader opendatalab, whose openxlab
-# would downgrade setuptools to 60.2.
-pip install -q "${pins[@]}" --no-deps 'openmim==0.3.9'
-pip install -q "${pins[@]}" click colorama model-index pandas requests rich tabulate
-$VENV/bin/python -c 'import mmfame, mmcv.ops, mmdet, mmseg, torch, numpy, sys
-print("setup_env: ok: Python %s, torch %s, numpy %s, mmcv %s, mmdet %s, mmseg %s" % (
-    sys.version.split()[0], torch.__version__, numpy.__version__, mmcv.__version__,
-    mmdet.__version__, mmseg.__version__))'
+$VENV/bin/python -c "import $imports, numpy, sys, torch
+stack = [mmcv, mmdet, mmseg] if $openmmlab else []
+print('setup_env: ok: Python', sys.version.split()[0], 'torch', torch.__version__, 'numpy',
+      numpy.__version__, *(f'{m.__name__} {m.__version__}' for m in stack))"
 
 if [ $relock = 1 ]; then
   $VENV/bin/python -m pytest tests -q -p no:cacheprovider
