@@ -291,11 +291,16 @@ def test_default_path_on_cpu_is_the_compiled_kernel_for_fp32_else_foreach():
     from mmfame.optim.fame import _default_impl, _multi_tensor_fame
     assert _cpu_kernel.load() is not None  # this machine kind has a C compiler
     w32 = [torch.ones(3), torch.ones(5, 2)]
-    assert _default_impl(w32, w32) is _cpu_kernel.cpu_kernel_fame
+    assert _default_impl(w32, w32, [w32]) is _cpu_kernel.cpu_kernel_fame
     w64 = [t.double() for t in w32]
-    assert _default_impl(w64, w64) is _multi_tensor_fame
+    assert _default_impl(w64, w64, [w64]) is _multi_tensor_fame
     strided = [torch.ones(4, 6).t()]
-    assert _default_impl(strided, strided) is _multi_tensor_fame
+    assert _default_impl(strided, strided, [strided]) is _multi_tensor_fame
+    # the C loop walks raw memory: state of another layout or shape is not for it
+    conv = [torch.ones(2, 3, 4, 4)]
+    channels_last = [conv[0].to(memory_format=torch.channels_last)]
+    assert _default_impl(conv, conv, [conv, channels_last]) is _multi_tensor_fame
+    assert _default_impl(conv, conv, [[torch.ones(2, 3, 16)]]) is _multi_tensor_fame
 
 
 @pytest.mark.parametrize('config', CONFIGS)

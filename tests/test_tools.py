@@ -293,6 +293,25 @@ def test_resume_is_bit_identical(det_run, demo_data, tmp_path):
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('num_classes', [5, 2])
+def test_resume_into_a_changed_model_fails_clearly(det_run, demo_data, tmp_path, num_classes):
+    """num_classes 3 -> 5 or 2 since the checkpoint: FAME's state no longer fits the head.
+    A clear error naming the fix and rc 1: no signal, no run on wrongly shaped state."""
+    cfg = det_run['cfg']
+    proc = subprocess.run(
+        [PY, 'tools/train.py', cfg, '--work-dir', str(tmp_path / 'changed'), '--resume',
+         osp.join(det_run['work_dir'], f'iter_{N}.pth')] + cfg_options(
+             cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64,
+             extra=[f'model.bbox_head.num_classes={num_classes}']),
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=TOOL_TIMEOUT)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert 'does not fit parameter' in proc.stdout and 'load_from=' in proc.stdout, \
+        proc.stdout[-3000:]
+    assert not glob.glob(str(tmp_path / 'changed' / 'iter_*.pth'))
+
+
 def assert_same_checkpoint(full_path, resumed_path):
     """Weights, FAME state, param groups and schedulers of two Runner checkpoints are equal."""
     full, resumed = _load(full_path), _load(resumed_path)

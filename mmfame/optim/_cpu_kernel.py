@@ -76,11 +76,13 @@ def _build():
     return lib
 
 
-def supports(params: List[Tensor], grads: List[Tensor]) -> bool:
-    """Contiguous fp32 (or complex64) CPU params and grads: what the C loop handles. Their
-    state is made (or loaded) in the param's dtype and layout, so it qualifies too."""
+def supports(params: List[Tensor], grads: List[Tensor], states: List[List[Tensor]]) -> bool:
+    """What the C loop handles: it walks raw memory, so the params, grads and every state tensor
+    must be contiguous fp32 (or complex64) CPU tensors of one shape per parameter (a param made
+    contiguous after its state was, or state of another layout, takes the foreach path)."""
     return all(t.dtype in (torch.float32, torch.complex64) and t.is_cpu and t.is_contiguous()
-               for l in (params, grads) for t in l)
+               for l in (params, grads, *states) for t in l) and all(
+        t.shape == p.shape for l in (grads, *states) for p, t in zip(params, l))
 
 
 def _array(ctype, values):

@@ -84,9 +84,10 @@ if triton is not None:
             v3 = sq_beta3 * tl.load(v3_ptr + offs, mask=mask) + (1.0 - sq_beta3) * v2
             tl.store(v2_ptr + offs, v2, mask=mask)
             tl.store(v3_ptr + offs, v3, mask=mask)
-            vhat = tl.maximum(3.0 * v - 3.0 * v2 + v3, 0.0)
+            vhat = tl.maximum(3.0 * v - 3.0 * v2 + v3, 0.0, propagate_nan=tl.PropagateNan.ALL)
         if AMSGRAD:
-            vmax = tl.maximum(tl.load(vmax_ptr + offs, mask=mask), vhat)
+            vmax = tl.maximum(tl.load(vmax_ptr + offs, mask=mask), vhat,
+                              propagate_nan=tl.PropagateNan.ALL)
             tl.store(vmax_ptr + offs, vmax, mask=mask)
             vhat = vmax
         tema = 3.0 * m1 - 3.0 * m2 + m3
@@ -192,8 +193,8 @@ class _Batch:
     """Address and chunk tables, on the device, for the tensors of one (device, dtype)."""
 
     def __init__(self, device, dtype, lists, steps):
-        p_, g_, m1_ = lists[:3]
-        _check_tensors(device, p_, g_, m1_, steps)
+        p_, g_ = lists[:2]
+        _check_tensors(device, p_, g_, [l for l in lists[2:] if l], steps)
         numels = torch.tensor([t.numel() for t in p_], dtype=torch.int64)
         chunk = BLOCK * ITERS
         chunks = (numels + chunk - 1) // chunk
@@ -208,7 +209,7 @@ class _Batch:
         self.device, self.steps, self.grid = device, steps, (len(chunk_tensor),)
         self.tensors = [None if h is None else _to_device(h, None, device) for h in host]
         self.aligned = all(int(x) % 16 == 0 for ptr in ptrs[:-1] if ptr is not None for x in ptr)
-        self.dtypes = tuple(_TL_DTYPES[l[0].dtype] for l in (p_, g_, m1_))
+        self.dtypes = tuple(_TL_DTYPES[l[0].dtype] for l in lists[:3])  # p, g, state
 
 
 class _Plan:
@@ -249,7 +250,7 @@ def _to_device(values, dtype, device) -> Tensor:
     return host
 
 
-def _check_tensors(device, params, grads, exp_avgs, steps) -> None:
+def _check_tensors(device, params, grads, states, steps) -> None:
     if device.type != 'cuda' and not (INTERPRET and device.type == 'cpu'):
         raise RuntimeError(
             f'FAME(fused=True) runs a Triton kernel on CUDA tensors, but the parameters are on '
@@ -260,10 +261,11 @@ def _check_tensors(device, params, grads, exp_avgs, steps) -> None:
         if len(dtypes) != 1 or not dtypes <= set(_FUSED_DTYPES):
             raise NotFusable(f'FAME(fused=True) needs floating-point {name} of one dtype per '
                                f'group, got {sorted(map(str, dtypes))}')
-    if any(not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
-                and g.shape == p.shape) for p, g, m in zip(params, grads, exp_avgs)):
-        raise NotFusable('FAME(fused=True) needs contiguous parameters and gradients of '
-                           'the same shape; use foreach=True for strided tensors')
+    # The kernel walks raw memory: every tensor of a parameter is contiguous and of its shape.
+    if any(not (t.is_contiguous() and t.shape == p.shape)
+           for l in (params, grads, *states) for p, t in zip(params, l)):
+        raise NotFusable('FAME(fused=True) needs contiguous parameters, gradients and state of '
+                         'the same shape; use foreach=True for strided tensors')
     if any(s.device != device for s in steps):
         raise RuntimeError("FAME(fused=True): state 'step' must be on the parameters' device; "
                            'load the state dict into a fused optimizer instead')

@@ -47,9 +47,10 @@ _SGD_KEYS = ('momentum', 'nesterov', 'dampening')
 _FLAGS = ('decoupled_weight_decay', 'amsgrad', 'maximize')
 
 
-def check_arguments(names, where: str = 'FAME') -> None:
+def check_arguments(names, where: str = 'FAME', also_valid=()) -> None:
     """Refuse argument names FAME does not take, naming the fix (e.g. SGD leftovers)."""
     params, *valid = inspect.signature(FAME).parameters
+    valid = [*also_valid, *valid]
     sgd = [k for k in names if k in _SGD_KEYS]
     if sgd:
         raise TypeError(
@@ -190,6 +191,12 @@ class FAME(Optimizer):
             check_hyper_parameters(param_group, where=f'FAME param group {len(self.param_groups)}')
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if len({id(p) for p in group['params']}) != len(group['params']):
+            self.param_groups.pop()  # torch only warns: the parameter would be stepped twice
+            raise ValueError(
+                f'FAME: param group {len(self.param_groups)} holds a parameter more than once (a '
+                'shared or tied weight?), which would be stepped twice: pass each parameter once '
+                '(OpenMMLab: paramwise_cfg=dict(bypass_duplicate=True) skips shared ones)')
         group['betas'] = tuple(group['betas'])
         if group['sq_betas'] is not None:
             group['sq_betas'] = tuple(group['sq_betas'])
@@ -316,6 +323,7 @@ class FAME(Optimizer):
         the fp32 moments of fp16/bf16 params; FAME restores them at full precision.
         """
         _check_is_fame_state(state_dict)
+        self._check_fits(state_dict)
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g['params'] for g in state_dict['param_groups'])
         params = chain.from_iterable(g['params'] for g in self.param_groups)
@@ -325,10 +333,47 @@ class FAME(Optimizer):
                 continue
             state = self.state[p]
             for key in (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS):
-                if key in saved:
-                    state[key] = saved[key].to(device=p.device, dtype=_state_dtype(p), copy=True)
+                if key in saved:  # laid out like the param, whatever the saved strides
+                    state[key] = torch.empty_like(p, dtype=_state_dtype(p)).copy_(saved[key])
             # On the CPU; the next step moves it to the device if that step runs fused.
             state['step'] = torch.tensor(get_value(saved['step']), dtype=get_scalar_dtype())
+
+
+    def _check_fits(self, state_dict) -> None:
+        """Refuse, before anything is loaded, state that does not fit this optimizer's params:
+        another grouping, another model (a state shape differs), or a step that is not a count."""
+        saved_groups, groups = state_dict['param_groups'], self.param_groups
+        sizes = [len(g['params']) for g in saved_groups], [len(g['params']) for g in groups]
+        if sizes[0] != sizes[1]:
+            raise ValueError(
+                f'FAME.load_state_dict: the state has {len(sizes[0])} parameter groups of sizes '
+                f'{sizes[0]}, this optimizer {len(sizes[1])} of sizes {sizes[1]}: the parameter '
+                'grouping changed since it was saved (the optim_wrapper constructor, its '
+                'paramwise_cfg such as merge_groups, or the model). Resume with the settings it '
+                'was saved with, or start from its weights with load_from=... instead of resume.')
+        for i, (saved, group) in enumerate(zip(saved_groups, groups)):
+            for j, (saved_id, p) in enumerate(zip(saved['params'], group['params'])):
+                state = state_dict['state'].get(saved_id) or {}
+                where = f'parameter {j} of group {i} (shape {tuple(p.shape)}, {p.dtype})'
+                for key in (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS):
+                    t = state.get(key)
+                    if t is not None and not (isinstance(t, Tensor) and t.shape == p.shape and (
+                            t.is_complex() if p.is_complex() else t.is_floating_point())):
+                        got = (f'shape {tuple(t.shape)}, {t.dtype}' if isinstance(t, Tensor)
+                               else type(t).__name__)
+                        raise ValueError(
+                            f'FAME.load_state_dict: state {key!r} ({got}) does not fit {where}: '
+                            'the model changed since the state was saved (e.g. num_classes). '
+                            'Resuming needs the same model; to start from the weights, use '
+                            'load_from=... instead of resume (in plain PyTorch, skip '
+                            'optimizer.load_state_dict).')
+                if 'step' in state:
+                    step = state['step']
+                    value = (step.item() if isinstance(step, Tensor) and step.numel() == 1
+                             else step)
+                    if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                        raise ValueError(f'FAME.load_state_dict: step of {where} must be a '
+                                         f'finite number >= 0, got {step!r}')
 
 
 def _hashable(value):
@@ -419,7 +464,10 @@ def fame(params: List[Tensor],
     ``exp_avg_sq_2s``/``exp_avg_sq_3s`` are used (and may be empty otherwise) with ``sq_betas``.
     """
     if fused is None and foreach is None:
-        func = _default_impl(params, grads)
+        full = sq_betas is not None
+        func = _default_impl(params, grads, [exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+                                             *([exp_avg_sq_2s, exp_avg_sq_3s] if full else []),
+                                             *([max_exp_avg_sqs] if amsgrad else [])])
     elif fused:
         from ._triton_fame import fused_fame
         func = partial(fused_fame, plans=fused_plans)
@@ -447,14 +495,14 @@ def _fused_available() -> bool:
     return _triton_fame.triton is not None
 
 
-def _default_impl(params: List[Tensor], grads: List[Tensor]):
+def _default_impl(params: List[Tensor], grads: List[Tensor], states: List[List[Tensor]]):
     """The implementation for ``foreach=None, fused=None`` in the functional API, measured
     (docs/benchmarks.md): the compiled single-pass CPU kernel for contiguous fp32 CPU tensors
     (when a C compiler is there), else foreach for plain CPU/CUDA tensors, else the for-loop.
     (The optimizer class picks the fused kernel on CUDA itself: it keeps the kernel's tables.)"""
     if params and params[0].is_cpu:
         from . import _cpu_kernel
-        if _cpu_kernel.supports(params, grads) and _cpu_kernel.load():
+        if _cpu_kernel.supports(params, grads, states) and _cpu_kernel.load():
             return _cpu_kernel.cpu_kernel_fame
     foreach = not torch.jit.is_scripting() and all(
         type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ('cpu', 'cuda')

@@ -36,10 +36,12 @@ static inline __attribute__((always_inline)) void fame_range(float *restrict p, 
             v2[i] = s2;
             v3[i] = s3;
             const float tema_v = 3.0f * s - 3.0f * s2 + s3;
-            vhat = tema_v > 0.0f ? tema_v : 0.0f;  /* not fmaxf: GCC does not vectorise it */
+            /* clamp_min(0) as torch does it: NaN stays NaN (fmaxf would make it 0, and GCC
+             * does not vectorise fmaxf) */
+            vhat = tema_v < 0.0f ? 0.0f : tema_v;
         }
-        if (amsgrad) {
-            vhat = vmax[i] > vhat ? vmax[i] : vhat;
+        if (amsgrad) {  /* torch.maximum: NaN in either operand gives NaN */
+            vhat = (vmax[i] > vhat || vmax[i] != vmax[i]) ? vmax[i] : vhat;
             vmax[i] = vhat;
         }
         m1[i] = a;
