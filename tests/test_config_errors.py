@@ -106,6 +106,11 @@ def test_bad_group_value_fails_before_the_group_is_added(case):
     (dict(betas=0.9), r"custom_keys\['head'\]: betas must be a pair"),
     (dict(betas=(0.9, 1.0)), r"custom_keys\['head'\]: betas\[1\] must be a number in \[0, 1\)"),
     (dict(eps=-1.), r"custom_keys\['head'\]: eps must be a number >= 0"),
+    (dict(amsgrad='True'), r"custom_keys\['head'\]: amsgrad must be True or False"),
+    (dict(momentum=0.9), r"custom_keys\['head'\] sets SGD keys \['momentum'\]: FAME has no "
+                         r'momentum; remove them'),
+    (dict(lr_mutl=0.1), r"custom_keys\['head'\] got unknown arguments \['lr_mutl'\]; valid "
+                        r"arguments: \['lr_mult', 'decay_mult', 'lr', 'betas'"),
 ])
 def test_bad_custom_keys_value_names_the_entry(value, match):
     net = nn.Sequential()
@@ -113,7 +118,7 @@ def test_bad_custom_keys_value_names_the_entry(value, match):
     cfg = dict(type='OptimWrapper', optimizer=dict(type='FAME', lr=1e-3),
                constructor='FAMEOptimWrapperConstructor',
                paramwise_cfg=dict(custom_keys={'head': value}))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         build_optim_wrapper(net, cfg)
 
 

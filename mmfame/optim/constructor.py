@@ -20,12 +20,14 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIMIZERS
 
-from .fame import FAME, check_arguments, check_hyper_parameters
+from .fame import _SGD_KEYS, FAME, check_arguments, check_hyper_parameters
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
 _MEMBER_KEYS = ('params', 'param_names')
 _DECAY_MULTS = ('bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult', 'flat_decay_mult')
 _DECAY_TYPES = ('layer_wise', 'stage_wise')
+# custom_keys entries: mmengine's multipliers, and FAME's own arguments per group.
+_CUSTOM_KEYS = ('lr_mult', 'decay_mult')
 _TOKENS = ('backbone.cls_token', 'backbone.mask_token', 'backbone.pos_embed')
 
 
@@ -76,13 +78,20 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             mults += [f'custom_keys[{key!r}].decay_mult' for key, value in custom.items()
                       if matters(value, 'decay_mult')]
             if mults:
+                effect = ('mmengine needs it set to apply them' if self.base_wd is None else
+                          'so they have no effect')
                 raise ValueError(
                     f'paramwise_cfg sets {mults} but optimizer weight_decay is '
-                    f'{self.base_wd}, so they have no effect: set weight_decay in '
-                    "optim_wrapper.optimizer (e.g. dict(type='FAME', weight_decay=0.05)) or "
-                    'remove the mults.')
+                    f'{self.base_wd}, {effect}: set weight_decay in optim_wrapper.optimizer '
+                    "(e.g. dict(type='FAME', weight_decay=0.05); 0 for none) or remove the mults.")
         for key, value in self.paramwise_cfg.get('custom_keys', {}).items():
-            check_hyper_parameters(value, where=f'paramwise_cfg.custom_keys[{key!r}]')
+            where = f'paramwise_cfg.custom_keys[{key!r}]'
+            sgd = [k for k in value if k in _SGD_KEYS]
+            if sgd:
+                raise TypeError(f'{where} sets SGD keys {sgd}: FAME has no momentum; remove them')
+            check_arguments([k for k in value if k not in _CUSTOM_KEYS], where=where,
+                            also_valid=_CUSTOM_KEYS)
+            check_hyper_parameters(value, where=where)
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module=None) -> None:
@@ -122,8 +131,16 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def _merge(self, groups: List[dict]) -> List[dict]:
         """One group per distinct hyper-parameter set, in order of first appearance."""
         base = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
-        merged = {}
+        merged, seen = {}, set()
         for group in groups:
+            # As torch (under mmengine's default constructor) refuses a parameter in two groups,
+            # so that merging never puts it twice into one, where it would be stepped twice.
+            ids = {id(p) for p in group['params']}
+            if ids & seen:
+                raise ValueError('some parameters appear in more than one parameter group (a '
+                                 'shared or tied weight): set paramwise_cfg=dict('
+                                 'bypass_duplicate=True) to step shared parameters once')
+            seen |= ids
             settings = {k: v for k, v in group.items() if k not in _MEMBER_KEYS}
             key = _freeze({**base, **settings})
             merged.setdefault(key, settings)
