@@ -312,6 +312,57 @@ def test_resume_into_a_changed_model_fails_clearly(det_run, demo_data, tmp_path,
     assert not glob.glob(str(tmp_path / 'changed' / 'iter_*.pth'))
 
 
+KILL_DURING_SAVE = '''\
+"""Test helper: SIGKILL this process halfway through writing the checkpoint MMFAME_KILL_AT."""
+import os
+import signal
+
+from mmengine.fileio.backends import LocalBackend
+
+_put = LocalBackend.put
+
+
+def put(self, obj, filepath):
+    if str(filepath).endswith(os.environ['MMFAME_KILL_AT']):
+        with open(filepath, 'wb') as f:
+            f.write(obj[:len(obj) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _put(self, obj, filepath)
+
+
+LocalBackend.put = put
+'''
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data, tmp_path):
+    """With the demo config's max_keep_ckpts, a SIGKILL while iter_2N.pth is half written
+    leaves iter_N.pth, which --resume picks up."""
+    cfg = det_run['cfg']
+    keep = Config.fromfile(cfg, import_custom_modules=False).default_hooks.checkpoint.max_keep_ckpts
+    (tmp_path / 'mmfame_kill_during_save.py').write_text(KILL_DURING_SAVE)
+    (tmp_path / 'killed.py').write_text(textwrap.dedent(f'''\
+        _base_ = {cfg!r}
+        custom_imports = dict(imports=['mmfame', 'mmfame_kill_during_save'],
+                              allow_failed_imports=False)
+        '''))
+    work = str(tmp_path / 'work')
+
+    def options(iters):
+        return cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64,
+                           extra=[f'default_hooks.checkpoint.max_keep_ckpts={keep}'])
+
+    env = _env(MMFAME_KILL_AT=f'iter_{2 * N}.pth',
+               PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([PY, 'tools/train.py', str(tmp_path / 'killed.py'), '--work-dir', work]
+                          + options(3 * N), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=TOOL_TIMEOUT)
+    assert proc.returncode == -9, proc.stdout[-3000:]  # killed mid-write, as meant
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(3 * N))
+    assert f'resumed epoch: 0, iter: {N}' in out
+    assert osp.isfile(osp.join(work, f'iter_{3 * N}.pth'))
+
+
 def assert_same_checkpoint(full_path, resumed_path):
     """Weights, FAME state, param groups and schedulers of two Runner checkpoints are equal."""
     full, resumed = _load(full_path), _load(resumed_path)

@@ -75,7 +75,9 @@ auto_scale_lr = dict(enable=False, base_batch_size=8)
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    # Keep 2: mmengine deletes the oldest kept checkpoint before writing the next one, so with 1 a
+    # kill during that write would leave nothing to resume from.
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=2))
 log_processor = dict(type='LogProcessor', window_size=10, by_epoch=False)
 env_cfg = dict(
     cudnn_benchmark=False,
