@@ -619,7 +619,8 @@ def _cpu_blocks(tensor_lists, scalar_lists) -> Iterator[list]:
     for i in range(len(tensor_lists[0])):
         row = [tensor_lists[k][i] for k in present]
         numel = row[0].numel()
-        if numel > CPU_BLOCK_NUMEL and all(t.is_contiguous() for t in row):
+        if numel > CPU_BLOCK_NUMEL and all(t.is_contiguous() and t.shape == row[0].shape
+                                           for t in row):  # flat slices pair up element-wise
             row = [t.view(-1) for t in row]
             spans = [slice(s, s + CPU_BLOCK_NUMEL) for s in range(0, numel, CPU_BLOCK_NUMEL)]
         else:
