@@ -337,7 +337,8 @@ LocalBackend.put = put
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data, tmp_path):
     """With the demo config's max_keep_ckpts, a SIGKILL while iter_2N.pth is half written
-    leaves iter_N.pth, which --resume picks up."""
+    leaves iter_N.pth, which --resume picks up, and the resumed run ends bit-identical to the
+    uninterrupted one (det_run)."""
     cfg = det_run['cfg']
     keep = Config.fromfile(cfg, import_custom_modules=False).default_hooks.checkpoint.max_keep_ckpts
     (tmp_path / 'mmfame_kill_during_save.py').write_text(KILL_DURING_SAVE)
@@ -355,12 +356,13 @@ def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data,
     env = _env(MMFAME_KILL_AT=f'iter_{2 * N}.pth',
                PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     proc = subprocess.run([PY, 'tools/train.py', str(tmp_path / 'killed.py'), '--work-dir', work]
-                          + options(3 * N), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          + options(2 * N), cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=TOOL_TIMEOUT)
     assert proc.returncode == -9, proc.stdout[-3000:]  # killed mid-write, as meant
-    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(3 * N))
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(2 * N))
     assert f'resumed epoch: 0, iter: {N}' in out
-    assert osp.isfile(osp.join(work, f'iter_{3 * N}.pth'))
+    assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),
+                           osp.join(work, f'iter_{2 * N}.pth'))
 
 
 def assert_same_checkpoint(full_path, resumed_path):
