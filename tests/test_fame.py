@@ -472,3 +472,25 @@ def test_full_fame_is_off_by_default_and_validated():
         FAME([w], sq_betas=(0.5, 1.0))
     opt = FAME([{'params': [w], 'sq_betas': [0.3, 0.7]}])
     assert opt.param_groups[0]['sq_betas'] == (0.3, 0.7)
+
+
+def test_fused_tables_are_built_once_per_batch_of_equal_size(monkeypatch):
+    """Per-layer lr groups of equal size (layer decay) keep their own device tables: one build
+    per batch, not one per batch and step."""
+    usable('fused', 'cuda' if HAS_CUDA else 'cpu')
+    device = 'cuda' if HAS_CUDA else 'cpu'
+    builds = []
+
+    class CountingPlan(_triton_fame._Plan):
+        def __init__(self, lists):
+            builds.append(len(lists[0]))
+            super().__init__(lists)
+
+    monkeypatch.setattr(_triton_fame, '_Plan', CountingPlan)
+    params = [torch.randn(8, device=device, requires_grad=True) for _ in range(4)]
+    opt = FAME([dict(params=params[:2], lr=1e-2), dict(params=params[2:], lr=1e-3)], fused=True)
+    for p in params:  # the same grad tensors every step, as the caching allocator gives them
+        p.grad = torch.ones_like(p)
+    for _ in range(3):
+        opt.step()
+    assert builds == [2, 2]

@@ -280,12 +280,21 @@ class FAME(Optimizer):
             lists, groups, _, _, has_complex = batches[key]
             groups.append(group)
             has_complex[0] |= self._init_group(group, fused, *lists)
+        # Each fused batch keeps its own device tables, found by its groups: batches of equal
+        # size (per-layer lr groups) must not evict each other's and rebuild them every step.
+        # Tables of batches not stepped now are dropped (they hold their tensors).
+        kept = {}
         for lists, groups, fused, foreach, has_complex in batches.values():
             if lists[0]:
-                self._step_batch(lists, groups, fused, foreach, has_complex[0])
+                plans = None
+                if fused:
+                    key = tuple(map(id, groups))
+                    plans = kept[key] = self._fused_plans.get(key, {})
+                self._step_batch(lists, groups, fused, foreach, has_complex[0], plans)
+        self._fused_plans = kept
         return loss
 
-    def _step_batch(self, lists, groups, fused, foreach, has_complex) -> None:
+    def _step_batch(self, lists, groups, fused, foreach, has_complex, plans=None) -> None:
         group = groups[0]
         beta1, beta2 = group['betas']
         try:
@@ -306,7 +315,7 @@ class FAME(Optimizer):
                  fused=fused,
                  grad_scale=getattr(self, 'grad_scale', None),
                  found_inf=getattr(self, 'found_inf', None),
-                 fused_plans=self._fused_plans)
+                 fused_plans=plans)
         except NotFusable:
             if any(g['fused'] for g in groups):
                 raise  # asked for explicitly: say why it cannot run
