@@ -61,7 +61,7 @@ else
   pins=(-c "$LOCK")
 fi
 [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
-# pip warns about local index folders this machine kind lists but lacks, and about openmim's
+# pip warns about local index folders a machine-wide pip config lists but lacks, and about openmim's
 # opendatalab (left out on purpose, below): keep only real errors.
 pip() {
   $VENV/bin/python -m pip "$@" 2> >(grep -v -e "^WARNING: Location" -e "requires opendatalab" \
