@@ -12,9 +12,10 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 
+from mmfame.optim._compat import TORCH_VERSION
 from mmfame.utils import checkpoint as ck
 
-TORCH_2_6 = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) >= (2, 6)
+TORCH_2_6 = TORCH_VERSION >= (2, 6)
 needs_pairs = pytest.mark.skipif(
     not TORCH_2_6, reason='torch < 2.6: weights_only is not the default and add_safe_globals '
     'takes no (object, name) pairs')

@@ -565,7 +565,8 @@ except pickle.UnpicklingError:
 
 @pytest.mark.slow
 def test_runner_checkpoint_loads_weights_only(det_run):
-    if tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) < (2, 6):
+    from mmfame.optim._compat import TORCH_VERSION
+    if TORCH_VERSION < (2, 6):
         pytest.skip('torch < 2.6 does not load with weights_only=True by default')
     path = osp.join(det_run['work_dir'], f'iter_{N}.pth')
     proc = subprocess.run([PY, '-c', CHECK_SAFE_GLOBALS, path], env=_env(), cwd=REPO,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['ParamsT', 'get_value', 'get_scalar_dtype', 'view_as_real', 'increment_steps',
-           'version_tuple']
+           'version_tuple', 'walkable']
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
@@ -44,6 +44,13 @@ def view_as_real(params: List[Tensor], *state_and_grads: List[Tensor]) -> None:
             params[i] = torch.view_as_real(p)
             for tensors in state_and_grads:
                 tensors[i] = torch.view_as_real(tensors[i])
+
+
+def walkable(params: List[Tensor], *lists: List[Tensor]) -> bool:
+    """Whether a kernel that walks raw memory may pair ``params[i]`` element by element with
+    ``l[i]`` for every list: all contiguous, each of its parameter's shape."""
+    return all(t.is_contiguous() and t.shape == p.shape
+               for l in (params, *lists) for p, t in zip(params, l))
 
 
 def increment_steps(steps: List[Tensor]) -> None:

@@ -20,7 +20,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ._compat import increment_steps
+from ._compat import increment_steps, walkable
 
 SOURCE = osp.join(osp.dirname(__file__), 'csrc', 'fame_cpu.c')
 FLAGS = ['-O3', '-march=native', '-fno-math-errno', '-shared', '-fPIC']
@@ -80,9 +80,8 @@ def supports(params: List[Tensor], grads: List[Tensor], states: List[List[Tensor
     """What the C loop handles: it walks raw memory, so the params, grads and every state tensor
     must be contiguous fp32 (or complex64) CPU tensors of one shape per parameter (a param made
     contiguous after its state was, or state of another layout, takes the foreach path)."""
-    return all(t.dtype in (torch.float32, torch.complex64) and t.is_cpu and t.is_contiguous()
-               for l in (params, grads, *states) for t in l) and all(
-        t.shape == p.shape for l in (grads, *states) for p, t in zip(params, l))
+    return all(t.dtype in (torch.float32, torch.complex64) and t.is_cpu
+               for l in (params, grads, *states) for t in l) and walkable(params, grads, *states)
 
 
 def _array(ctype, values):

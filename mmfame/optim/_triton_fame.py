@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from ._compat import version_tuple, view_as_real
+from ._compat import version_tuple, view_as_real, walkable
 from .fame import _FUSED_DTYPES, NotFusable
 
 # The kernel is written for Triton 3 (torch >= 2.4 ships it); older Triton, e.g. the 2.1 that
@@ -261,9 +261,7 @@ def _check_tensors(device, params, grads, states, steps) -> None:
         if len(dtypes) != 1 or not dtypes <= set(_FUSED_DTYPES):
             raise NotFusable(f'FAME(fused=True) needs floating-point {name} of one dtype per '
                                f'group, got {sorted(map(str, dtypes))}')
-    # The kernel walks raw memory: every tensor of a parameter is contiguous and of its shape.
-    if any(not (t.is_contiguous() and t.shape == p.shape)
-           for l in (params, grads, *states) for p, t in zip(params, l)):
+    if not walkable(params, grads, *states):  # the kernel walks raw memory
         raise NotFusable('FAME(fused=True) needs contiguous parameters, gradients and state of '
                          'the same shape; use foreach=True for strided tensors')
     if any(s.device != device for s in steps):

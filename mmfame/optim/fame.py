@@ -25,6 +25,7 @@ __all__ = ['FAME', 'fame']
 MOMENT_KEYS = ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq')
 AMSGRAD_KEY = 'max_exp_avg_sq'
 FULL_KEYS = ('exp_avg_sq_2', 'exp_avg_sq_3')  # full FAME: the TEMA cascade on v
+_TENSOR_KEYS = (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS)
 # Hyper-parameters that must agree for parameter groups to share one fast-path call.
 _BATCH_KEYS = ('lr', 'betas', 'beta3', 'beta4', 'eps', 'weight_decay', 'decoupled_weight_decay',
                'amsgrad', 'maximize', 'sq_betas')
@@ -94,11 +95,10 @@ def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
             if lr.numel() != 1 or not lr.is_floating_point():
                 raise ValueError(f'{where}: Tensor lr must be a 1-element floating-point tensor, '
                                  f'got shape {tuple(lr.shape)} and dtype {lr.dtype}')
-            if not lr.item() >= 0:
-                raise ValueError(f'{where}: invalid learning rate lr={lr.item()} (must be >= 0)')
-        elif not _is_real(lr):
+            lr = lr.item()
+        if not _is_real(lr):
             _refuse(where, 'lr', lr, 'a number >= 0 or a 1-element tensor')
-        elif not lr >= 0:
+        if not lr >= 0:
             raise ValueError(f'{where}: invalid learning rate lr={lr} (must be >= 0)')
     for key in ('eps', 'weight_decay'):
         if key in values and not (_is_real(values[key]) and values[key] >= 0):
@@ -341,12 +341,11 @@ class FAME(Optimizer):
             if not saved:
                 continue
             state = self.state[p]
-            for key in (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS):
+            for key in _TENSOR_KEYS:
                 if key in saved:  # laid out like the param, whatever the saved strides
                     state[key] = torch.empty_like(p, dtype=_state_dtype(p)).copy_(saved[key])
             # On the CPU; the next step moves it to the device if that step runs fused.
             state['step'] = torch.tensor(get_value(saved['step']), dtype=get_scalar_dtype())
-
 
     def _check_fits(self, state_dict) -> None:
         """Refuse, before anything is loaded, state that does not fit this optimizer's params:
@@ -364,7 +363,7 @@ class FAME(Optimizer):
             for j, (saved_id, p) in enumerate(zip(saved['params'], group['params'])):
                 state = state_dict['state'].get(saved_id) or {}
                 where = f'parameter {j} of group {i} (shape {tuple(p.shape)}, {p.dtype})'
-                for key in (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS):
+                for key in _TENSOR_KEYS:
                     t = state.get(key)
                     if t is not None and not (isinstance(t, Tensor) and t.shape == p.shape and (
                             t.is_complex() if p.is_complex() else t.is_floating_point())):
