@@ -1,5 +1,6 @@
-"""mmfame.utils.checkpoint: mmengine Runner checkpoints load with ``torch.load(weights_only=True)``,
-and crafted checkpoints that abuse the allowlisted names are refused."""
+"""mmfame.engine.checkpoint: mmengine Runner checkpoints load with
+``torch.load(weights_only=True)``, and crafted checkpoints that abuse the allowlisted names are
+refused."""
 import collections
 import io
 import pickle
@@ -13,7 +14,7 @@ import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 
 from mmfame.optim._compat import TORCH_VERSION
-from mmfame.utils import checkpoint as ck
+from mmfame.engine import checkpoint as ck
 
 TORCH_2_6 = TORCH_VERSION >= (2, 6)
 needs_pairs = pytest.mark.skipif(

@@ -107,8 +107,8 @@ def test_bad_group_value_fails_before_the_group_is_added(case):
     (dict(betas=(0.9, 1.0)), r"custom_keys\['head'\]: betas\[1\] must be a number in \[0, 1\)"),
     (dict(eps=-1.), r"custom_keys\['head'\]: eps must be a number >= 0"),
     (dict(amsgrad='True'), r"custom_keys\['head'\]: amsgrad must be True or False"),
-    (dict(momentum=0.9), r"custom_keys\['head'\] sets SGD keys \['momentum'\]: FAME has no "
-                         r'momentum; remove them'),
+    (dict(momentum=0.9), r"custom_keys\['head'\] got SGD arguments \['momentum'\]: FAME has "
+                         r'no momentum; remove them from custom_keys'),
     (dict(lr_mutl=0.1), r"custom_keys\['head'\] got unknown arguments \['lr_mutl'\]; valid "
                         r"arguments: \['lr_mult', 'decay_mult', 'lr', 'betas'"),
 ])

@@ -232,11 +232,11 @@ def test_registered_and_built_by_name():
         paramwise_cfg=dict(norm_decay_mult=0.)))
     assert isinstance(wrapper.optimizer, FAME)
     assert len(wrapper.optimizer.param_groups) == 2
-    assert mmfame.optim.FAMEOptimWrapperConstructor is FAMEOptimWrapperConstructor
+    assert mmfame.engine.FAMEOptimWrapperConstructor is FAMEOptimWrapperConstructor
 
 
 def test_log_lists_groups_and_non_default_keys(monkeypatch):
-    from mmfame.optim import constructor
+    from mmfame.engine.optimizers import constructor
     logged = []
     monkeypatch.setattr(constructor, 'print_log', lambda msg, logger=None: logged.append(msg))
     model = make_net()

@@ -14,7 +14,8 @@ from torch import nn
 
 import mmfame
 from mmfame import FAME, FAMEOptimWrapperConstructor
-from mmfame.optim import _triton_fame, builder
+from mmfame.engine import registry
+from mmfame.optim import _triton_fame
 
 LR = 1e-2
 CUSTOM = dict(custom_keys={'head': dict(lr_mult=0.1)})  # two groups, so a pseudo group too
@@ -94,10 +95,10 @@ print(type(w.optimizer).__module__, type(w.optimizer).__name__)
 
 
 def test_registration_is_idempotent_and_never_overrides():
-    importlib.reload(builder)
-    builder.register_all()
-    builder.register_all()
-    mmfame.optim.register_all()
+    importlib.reload(registry)
+    registry.register_all()
+    registry.register_all()
+    mmfame.engine.register_all()
     assert OPTIMIZERS.get('FAME') is FAME
     assert OPTIM_WRAPPER_CONSTRUCTORS.get('FAMEOptimWrapperConstructor') is (
         FAMEOptimWrapperConstructor)
@@ -106,9 +107,9 @@ def test_registration_is_idempotent_and_never_overrides():
         pass
 
     with pytest.raises(KeyError, match='will not override'):
-        builder.register(OPTIMIZERS, 'FAME', Impostor)
+        registry.register(OPTIMIZERS, 'FAME', Impostor)
     with pytest.raises(KeyError, match='already registered'):
-        builder.register(OPTIM_WRAPPER_CONSTRUCTORS, 'DefaultOptimWrapperConstructor',
+        registry.register(OPTIM_WRAPPER_CONSTRUCTORS, 'DefaultOptimWrapperConstructor',
                          FAMEOptimWrapperConstructor)
     assert OPTIMIZERS.get('FAME') is FAME
     assert OPTIM_WRAPPER_CONSTRUCTORS.get('DefaultOptimWrapperConstructor') is not (

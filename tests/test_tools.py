@@ -12,7 +12,7 @@ workers. The slow tests are marked ``slow`` but run by default.
 * ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo) and ``tools/slurm_train.sh`` on a real
   single-node Slurm (slurmctld + slurmd + munge, started by tests/slurm/start.sh as root) train
   with 2 processes whose final weights agree;
-* mmfame.utils: checkpoints load with ``torch.load(weights_only=True)`` after
+* mmfame.engine: checkpoints load with ``torch.load(weights_only=True)`` after
   ``register_checkpoint_safe_globals`` (and not before), the CPU adaptations are no-ops with CUDA.
 """
 import copy
@@ -524,7 +524,7 @@ def test_slurm_train_two_tasks(slurm_cluster, demo_data, hash_config, tmp_path):
     assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
 
 
-# ------------------------------------------------------------------------------ mmfame.utils
+# ----------------------------------------------------------------------------- mmfame.engine
 CHECK_SAFE_GLOBALS = r'''
 import io, pickle, sys
 import torch
@@ -535,7 +535,7 @@ except pickle.UnpicklingError as e:
     print('BEFORE: fails:', [l for l in str(e).splitlines() if 'Unsupported global' in l])
 else:
     print('BEFORE: loads')
-from mmfame.utils import register_checkpoint_safe_globals
+from mmfame.engine import register_checkpoint_safe_globals
 assert register_checkpoint_safe_globals()
 ckpt = torch.load(path, map_location='cpu', weights_only=True)
 hub = ckpt['message_hub']['log_scalars']
@@ -554,7 +554,7 @@ for name, obj in (('Namespace', argparse.Namespace(a=1)),
         print('OTHER', name, 'loads')
     except pickle.UnpicklingError:
         print('OTHER', name, 'refused')
-from mmfame.utils import history_buffer_getattr
+from mmfame.engine import history_buffer_getattr
 try:
     history_buffer_getattr(torch, 'load')
     print('GETATTR torch.load allowed')
@@ -594,7 +594,7 @@ def _launcher_cfg(launcher='pytorch', **kw):
 
 
 def test_cpu_compat_is_a_noop_with_cuda(monkeypatch):
-    from mmfame.utils import dist as mdist
+    from mmfame.engine import dist as mdist
     monkeypatch.setattr(mdist, 'cuda_available', lambda: True)
     before = _dist_utils_functions()
     cfg = _launcher_cfg()
@@ -609,7 +609,7 @@ def test_cpu_compat_is_a_noop_with_cuda(monkeypatch):
 def test_cpu_compat_config_rewrite(monkeypatch):
     from mmengine.dist import utils as du
 
-    from mmfame.utils import CPU_DDP_TYPE, setup_cpu_distributed
+    from mmfame.engine import CPU_DDP_TYPE, setup_cpu_distributed
     for name, fn in _dist_utils_functions().items():
         monkeypatch.setattr(du, name, fn)  # restored at teardown
 
@@ -642,7 +642,7 @@ import torch
 from mmengine.dist import init_dist, get_world_size
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
-from mmfame.utils import CPU_DDP_TYPE, finalize_distributed, setup_cpu_distributed
+from mmfame.engine import CPU_DDP_TYPE, finalize_distributed, setup_cpu_distributed
 from mmengine.config import Config
 
 os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',

@@ -91,7 +91,7 @@ if [ $openmmlab = 1 ]; then
   pip install -q "${pins[@]}" --no-deps 'openmim==0.3.9'
   pip install -q "${pins[@]}" click colorama model-index pandas requests rich tabulate
 else
-  pip install -q "${pins[@]}" --no-build-isolation -e '.[test]'
+  pip install -q "${pins[@]}" --no-build-isolation -e '.[mmengine,test]'
 fi
 $VENV/bin/python -c "import $imports, numpy, sys, torch
 stack = [mmcv, mmdet, mmseg] if $openmmlab else []

@@ -29,7 +29,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.utils import finalize_distributed, setup_cpu_distributed  # noqa: E402
+from mmfame.engine import finalize_distributed, setup_cpu_distributed  # noqa: E402
 
 
 # TODO: support fuse_conv_bn and format_only

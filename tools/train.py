@@ -7,7 +7,7 @@ both. Differences from upstream, none of which changes a run on GPUs:
 
 * ``import mmfame`` registers ``type='FAME'`` and the allowlist with which ``--resume`` loads
   mmengine Runner checkpoints under torch >= 2.6 (as it does for upstream's own train.py);
-* without CUDA, the distributed launchers run on gloo (``mmfame.utils.setup_cpu_distributed``).
+* without CUDA, the distributed launchers run on gloo (``mmfame.engine.setup_cpu_distributed``).
 """
 import argparse
 import os
@@ -24,7 +24,7 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.utils import finalize_distributed, setup_cpu_distributed  # noqa: E402
+from mmfame.engine import finalize_distributed, setup_cpu_distributed  # noqa: E402
 
 
 def parse_args():

@@ -1,7 +1,4 @@
-from .builder import register_all
-from .constructor import FAMEOptimWrapperConstructor
+"""The FAME optimizer; needs torch only. The functional form is ``mmfame.optim.fame.fame``."""
 from .fame import FAME
 
-register_all()
-
-__all__ = ['FAME', 'FAMEOptimWrapperConstructor']
+__all__ = ['FAME']

@@ -20,7 +20,7 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIMIZERS
 
-from .fame import _SGD_KEYS, FAME, check_arguments, check_hyper_parameters
+from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
 _MEMBER_KEYS = ('params', 'param_names')
@@ -86,11 +86,8 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                     "(e.g. dict(type='FAME', weight_decay=0.05); 0 for none) or remove the mults.")
         for key, value in self.paramwise_cfg.get('custom_keys', {}).items():
             where = f'paramwise_cfg.custom_keys[{key!r}]'
-            sgd = [k for k in value if k in _SGD_KEYS]
-            if sgd:
-                raise TypeError(f'{where} sets SGD keys {sgd}: FAME has no momentum; remove them')
-            check_arguments([k for k in value if k not in _CUSTOM_KEYS], where=where,
-                            also_valid=_CUSTOM_KEYS)
+            check_arguments(list(value), where=where, also_valid=_CUSTOM_KEYS,
+                            sgd_fix='remove them from custom_keys')
             check_hyper_parameters(value, where=where)
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',

@@ -1,10 +1,15 @@
-"""Register mmfame's optimizer in mmengine's ROOT registry, so every OpenMMLab scope finds it.
+"""Register mmfame's optimizer and constructor in mmengine's ROOT registry, so every OpenMMLab scope
+finds them.
 
 mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` resolves under any
 ``default_scope``. Registration is idempotent (repeated imports, pytest collection) and never
 overrides another package's ``FAME``.
 """
-from mmengine.registry import Registry
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
+
+from mmfame.optim import FAME
+
+from .optimizers import FAMEOptimWrapperConstructor
 
 
 def register(registry: Registry, name: str, module) -> None:
@@ -20,10 +25,6 @@ def register(registry: Registry, name: str, module) -> None:
 
 
 def register_all() -> None:
-    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
-
-    from .constructor import FAMEOptimWrapperConstructor
-    from .fame import FAME
     register(OPTIMIZERS, 'FAME', FAME)
     register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
              FAMEOptimWrapperConstructor)

@@ -1,0 +1,3 @@
+from .constructor import FAMEOptimWrapperConstructor
+
+__all__ = ['FAMEOptimWrapperConstructor']
