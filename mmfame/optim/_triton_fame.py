@@ -13,13 +13,14 @@ tensors in Triton's interpreter: slow, but it lets CI check the kernel without a
 import math
 import operator
 import os
+from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from ._compat import version_tuple, view_as_real, walkable
-from .fame import _FUSED_DTYPES, NotFusable
+from ._core import FUSED_DTYPES
 
 # The kernel is written for Triton 3 (torch >= 2.4 ships it); older Triton, e.g. the 2.1 that
 # torch 2.1 ships, leaves FAME on its foreach path on CUDA.
@@ -35,6 +36,8 @@ if _NO_TRITON is not None:
     triton = None
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+SUPPORTED_DEVICES = ['cuda', 'cpu'] if INTERPRET else ['cuda']
+_DTYPES = (*FUSED_DTYPES, torch.complex64, torch.complex128)  # complex as its real view
 BLOCK = 1024
 ITERS = 4
 NUM_WARPS = 4
@@ -193,8 +196,10 @@ class _Batch:
     """Address and chunk tables, on the device, for the tensors of one (device, dtype)."""
 
     def __init__(self, device, dtype, lists, steps):
-        p_, g_ = lists[:2]
-        _check_tensors(device, p_, g_, [l for l in lists[2:] if l], steps)
+        p_ = lists[0]
+        if any(s.device != device for s in steps):
+            raise RuntimeError("FAME(fused=True): state 'step' must be on the parameters' device; "
+                               'load the state dict into a fused optimizer instead')
         numels = torch.tensor([t.numel() for t in p_], dtype=torch.int64)
         chunk = BLOCK * ITERS
         chunks = (numels + chunk - 1) // chunk
@@ -250,23 +255,40 @@ def _to_device(values, dtype, device) -> Tensor:
     return host
 
 
-def _check_tensors(device, params, grads, states, steps) -> None:
-    if device.type != 'cuda' and not (INTERPRET and device.type == 'cpu'):
-        raise RuntimeError(
-            f'FAME(fused=True) runs a Triton kernel on CUDA tensors, but the parameters are on '
-            f'{device.type}. Use the default (foreach) path there; to test the kernel on CPU, '
-            'set TRITON_INTERPRET=1 before importing mmfame.')
-    for name, tensors in (('parameters', params), ('gradients', grads)):
-        dtypes = {t.dtype for t in tensors}
-        if len(dtypes) != 1 or not dtypes <= set(_FUSED_DTYPES):
-            raise NotFusable(f'FAME(fused=True) needs floating-point {name} of one dtype per '
-                               f'group, got {sorted(map(str, dtypes))}')
-    if not walkable(params, grads, *states):  # the kernel walks raw memory
-        raise NotFusable('FAME(fused=True) needs contiguous parameters, gradients and state of '
-                         'the same shape; use foreach=True for strided tensors')
-    if any(s.device != device for s in steps):
-        raise RuntimeError("FAME(fused=True): state 'step' must be on the parameters' device; "
-                           'load the state dict into a fused optimizer instead')
+def unsupported_device(params) -> Optional[str]:
+    """Why the kernel cannot run on these params' devices (None if it can), in torch's wording:
+    Triton runs it on CUDA tensors (on CPU ones only under TRITON_INTERPRET=1)."""
+    if triton is None:
+        return f'FAME(fused=True) needs {_NO_TRITON}'
+    devices = {p.device.type for p in params}
+    if devices <= set(SUPPORTED_DEVICES) and all(p.dtype in _DTYPES for p in params):
+        return None
+    return (f'`fused=True` requires all the params to be floating point Tensors of supported '
+            f'devices: {SUPPORTED_DEVICES}. FAME\'s fused kernel is Triton for CUDA tensors '
+            f'(found {sorted(devices)}): use the default path there, or set TRITON_INTERPRET=1 '
+            'before importing mmfame to test the kernel on CPU tensors.')
+
+
+def unsupported_reason(params, grads, states) -> Optional[str]:
+    """Why the kernel cannot take these tensors (None if it can), found before anything is
+    modified: the params' devices and dtypes, one gradient dtype per param dtype, and a layout
+    it can walk as raw memory."""
+    reason = unsupported_device(params)
+    if reason is not None:
+        return reason
+    grad_dtypes = {}  # the kernel takes one gradient dtype per parameter dtype
+    for p, g in zip(params, grads):
+        if g.dtype not in _DTYPES or g.device != p.device:
+            return (f'FAME(fused=True) needs floating-point gradients on their parameters\' '
+                    f'devices, got {g.dtype} on {g.device} for {p.dtype} on {p.device}')
+        grad_dtypes.setdefault(p.dtype, set()).add(g.dtype)
+    mixed = {str(p): sorted(map(str, g)) for p, g in grad_dtypes.items() if len(g) > 1}
+    if mixed:
+        return f'FAME(fused=True) needs one gradient dtype per parameter dtype, got {mixed}'
+    if not walkable(params, grads, *states):
+        return ('FAME(fused=True) needs contiguous parameters, gradients and state of the same '
+                'shape; use foreach=True for strided tensors')
+    return None
 
 
 def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
@@ -275,29 +297,34 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp
                decoupled_weight_decay, maximize, sq_betas, plans=None):
     """Fused FAME step; same arguments as the other implementations in ``fame.py``.
 
-    ``plans`` (a dict owned by the optimizer) keeps the device tables between steps, so a
-    step's host work is an address comparison and one launch per (device, dtype).
+    ``plans`` (a dict the optimizer keeps for this batch of tensors) holds the device tables
+    between steps, so a step's host work is an address comparison and one launch per
+    (device, dtype). A Tensor ``lr`` is read on the device: the step never syncs with the host.
     """
     require_triton()
-    if isinstance(lr, Tensor):
-        lr = lr.item()
     full = sq_betas is not None
     lists = [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
              exp_avg_sq_2s if full else [], exp_avg_sq_3s if full else [],
              max_exp_avg_sqs if amsgrad else [], state_steps]
-    key = (BLOCK * ITERS, amsgrad, full, len(params))
+    key = (amsgrad, full)
     plan = plans.get(key) if plans is not None else None
     if plan is None or not plan.matches(lists):
         plan = _Plan(lists)
         if plans is not None:
             plans[key] = plan
+    if isinstance(lr, Tensor) and lr.is_cpu and not params[0].is_cpu:
+        lr = lr.item()  # a host read, no device sync; a device lr is copied on the device
+    tensor_lr = isinstance(lr, Tensor)
     for batch in plan.batches:
         device = batch.device
         torch._foreach_add_(batch.steps, 1)
         scale = grad_scale.to(device) if grad_scale is not None else None
         inf = found_inf.to(device) if found_inf is not None else None
-        hyper = _to_device([lr, beta1, beta2, beta3, beta4, eps, weight_decay, _ln(beta1),
-                            _ln(beta2), *(sq_betas or (0.0, 0.0))], torch.float64, device)
+        hyper = _to_device([0.0 if tensor_lr else lr, beta1, beta2, beta3, beta4, eps,
+                            weight_decay, _ln(beta1), _ln(beta2), *(sq_betas or (0.0, 0.0))],
+                           torch.float64, device)
+        if tensor_lr:
+            hyper[:1].copy_(lr.detach().reshape(1), non_blocking=True)
         # Tables: chunk tensor/start, numels, then p, g, m1, m2, m3, v, v2, v3, vmax, step
         # addresses; an unused table (None) is replaced by any tensor, the kernel skips it.
         t = [x if x is not None else hyper for x in batch.tensors]

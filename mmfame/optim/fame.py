@@ -1,64 +1,48 @@
 """FAME: Adam whose first moment is a Triple Exponential Moving Average (arXiv 2306.01423).
 
 Laid out like ``torch/optim/adam.py``: the :class:`FAME` class gathers each step's tensors, one
-functional dispatcher :func:`fame` picks an implementation, and the implementations compute the
-same update: a per-parameter for-loop (the readable reference), a multi-tensor ``foreach`` chain,
-the ``fused`` single-pass Triton kernel for CUDA (``_triton_fame``) and, as the CPU default, a
-single-pass C loop (``_cpu_kernel``).
+dispatcher (:func:`_choose_impl`, used by the class and by the functional :func:`fame` alike)
+picks an implementation, and the implementations compute the same update: a per-parameter
+for-loop (the readable reference), a multi-tensor ``foreach`` chain, the ``fused`` single-pass
+Triton kernel for CUDA (``_triton_fame``) and, as the CPU default, a single-pass C loop
+(``_cpu_kernel``). The kernel modules import nothing from this one.
 """
 import inspect
 import math
 import numbers
-from functools import partial
 from itertools import chain
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from ._compat import ParamsT, get_scalar_dtype, get_value, increment_steps, view_as_real
+from ._core import AMSGRAD_KEY, FULL_KEYS, MOMENT_KEYS, TENSOR_KEYS, FameTensors, state_dtype
 
-__all__ = ['FAME', 'fame']
+__all__ = ['FAME', 'fame', 'check_arguments', 'check_hyper_parameters']
 
-# State keys, per parameter. Frozen: checkpoints and users depend on them.
-MOMENT_KEYS = ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq')
-AMSGRAD_KEY = 'max_exp_avg_sq'
-FULL_KEYS = ('exp_avg_sq_2', 'exp_avg_sq_3')  # full FAME: the TEMA cascade on v
-_TENSOR_KEYS = (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS)
-# Hyper-parameters that must agree for parameter groups to share one fast-path call.
+# Settings that must agree for parameter groups to share one call.
 _BATCH_KEYS = ('lr', 'betas', 'beta3', 'beta4', 'eps', 'weight_decay', 'decoupled_weight_decay',
-               'amsgrad', 'maximize', 'sq_betas')
-_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+               'amsgrad', 'maximize', 'sq_betas', 'foreach', 'fused')
 # On CPU the foreach chain walks cache-sized slices of the parameters (elements per slice batch):
 # every pass after the first then hits cache, so memory is crossed about once per step.
 CPU_BLOCK_NUMEL = 1 << 18
 
-
-def _state_dtype(p: Tensor) -> torch.dtype:
-    """fp32 state for fp16/bf16 params: TEMA's cancellation amplifies low-precision rounding."""
-    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-
-
-class NotFusable(RuntimeError):
-    """These tensors cannot take the fused kernel (found before anything was modified)."""
-
-
 _SGD_KEYS = ('momentum', 'nesterov', 'dampening')
 _FLAGS = ('decoupled_weight_decay', 'amsgrad', 'maximize')
+_DELETE_BASE = ("in an OpenMMLab config they come from an SGD base optimizer: write "
+                "optim_wrapper=dict(optimizer=dict(_delete_=True, type='FAME', lr=..., "
+                'weight_decay=...)) to drop the base settings')
 
 
-def check_arguments(names, where: str = 'FAME', also_valid=()) -> None:
+def check_arguments(names, where: str = 'FAME', also_valid=(), sgd_fix: str = _DELETE_BASE):
     """Refuse argument names FAME does not take, naming the fix (e.g. SGD leftovers)."""
-    params, *valid = inspect.signature(FAME).parameters
-    valid = [*also_valid, *valid]
+    valid = [*also_valid, *DEFAULTS]
     sgd = [k for k in names if k in _SGD_KEYS]
     if sgd:
-        raise TypeError(
-            f'{where} got SGD arguments {sgd}: FAME has no momentum. In an OpenMMLab config '
-            'they come from an SGD base optimizer: write optim_wrapper=dict(optimizer=dict('
-            "_delete_=True, type='FAME', lr=..., weight_decay=...)) to drop the base settings.")
-    unknown = sorted(k for k in names if k not in valid and k != params)
+        raise TypeError(f'{where} got SGD arguments {sgd}: FAME has no momentum; {sgd_fix}.')
+    unknown = sorted(k for k in names if k not in valid and k != 'params')
     if unknown:
         raise TypeError(f'{where} got unknown arguments {unknown}; valid arguments: {valid}')
 
@@ -72,7 +56,7 @@ def _refuse(where: str, key: str, value, must: str, hint: str = '') -> None:
         hint = f'; write the value unquoted (e.g. {key}={value.strip()})'
     elif value is None and key == 'weight_decay':
         hint = '; use 0 for no weight decay'
-    raise ValueError(f'{where}: {key} must be {must}, got {value!r} '
+    raise ValueError(f'{where}.{key} must be {must}, got {value!r} '
                      f'({type(value).__name__}){hint}')
 
 
@@ -87,19 +71,20 @@ def _check_unit_pair(where: str, key: str, value, meaning: str) -> None:
 
 
 def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
-    """Check the types and ranges of the FAME hyper-parameters present in ``values`` (the
-    constructor's arguments, a param group or a config dict), with a message naming the key."""
+    """Check the types and ranges of the FAME settings present in ``values`` (the constructor's
+    arguments, a param group or a config dict). ``where`` names their place, e.g.
+    ``paramwise_cfg.custom_keys['backbone']``; a message reads ``{where}.{key} must be ...``."""
     if 'lr' in values:
         lr = values['lr']
         if isinstance(lr, Tensor):
             if lr.numel() != 1 or not lr.is_floating_point():
-                raise ValueError(f'{where}: Tensor lr must be a 1-element floating-point tensor, '
-                                 f'got shape {tuple(lr.shape)} and dtype {lr.dtype}')
+                raise ValueError(f'{where}.lr: a Tensor lr must be a 1-element floating-point '
+                                 f'tensor, got shape {tuple(lr.shape)} and dtype {lr.dtype}')
             lr = lr.item()
         if not _is_real(lr):
             _refuse(where, 'lr', lr, 'a number >= 0 or a 1-element tensor')
         if not lr >= 0:
-            raise ValueError(f'{where}: invalid learning rate lr={lr} (must be >= 0)')
+            raise ValueError(f'{where}.lr: invalid learning rate {lr} (must be >= 0)')
     for key in ('eps', 'weight_decay'):
         if key in values and not (_is_real(values[key]) and values[key] >= 0):
             _refuse(where, key, values[key], 'a number >= 0')
@@ -116,6 +101,18 @@ def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
     for key in ('foreach', 'fused'):
         if values.get(key) is not None and not isinstance(values[key], bool):
             _refuse(where, key, values[key], 'None, True or False')
+    if values.get('fused') and values.get('foreach'):
+        raise RuntimeError(f'{where}: `fused` and `foreach` cannot be `True` together.')
+
+
+class _Batch:
+    """Parameter groups whose settings agree, stepped by one call, and their params with a
+    gradient (gathered before any state is made)."""
+
+    def __init__(self):
+        self.groups: List[dict] = []
+        self.params: List[Tensor] = []
+        self.grads: List[Tensor] = []
 
 
 class FAME(Optimizer):
@@ -129,32 +126,28 @@ class FAME(Optimizer):
                  params: ParamsT,
                  lr: Union[float, Tensor] = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999),
-                 beta3: float = 0.3,
-                 beta4: float = 0.7,
                  eps: float = 1e-8,
                  weight_decay: float = 0.0,
-                 decoupled_weight_decay: bool = True,
                  amsgrad: bool = False,
                  *,
+                 beta3: float = 0.3,
+                 beta4: float = 0.7,
+                 decoupled_weight_decay: bool = True,
                  maximize: bool = False,
                  sq_betas: Optional[Tuple[float, float]] = None,
                  foreach: Optional[bool] = None,
                  fused: Optional[bool] = None):
-        defaults = dict(lr=lr, betas=betas, beta3=beta3, beta4=beta4, eps=eps,
-                        weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-                        amsgrad=amsgrad, maximize=maximize, sq_betas=sq_betas, foreach=foreach,
-                        fused=fused)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        beta3=beta3, beta4=beta4, decoupled_weight_decay=decoupled_weight_decay,
+                        maximize=maximize, sq_betas=sq_betas, foreach=foreach, fused=fused)
         check_hyper_parameters(defaults)
-        if fused and foreach:
-            raise RuntimeError('FAME: `fused` and `foreach` cannot both be True')
         if fused:
             from . import _triton_fame
             _triton_fame.require_triton()
         defaults['betas'] = tuple(betas)
         defaults['sq_betas'] = None if sq_betas is None else tuple(sq_betas)
+        self._fused_plans: Dict[tuple, dict] = {}
         super().__init__(params, defaults)
-        self._fused_plans = {}
-        self._default_impls = {}
 
     # inspect.signature(FAME) would otherwise show __new__'s (*args, **kwargs).
     __signature__ = inspect.signature(__init__).replace(
@@ -162,41 +155,33 @@ class FAME(Optimizer):
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
-        """Fused groups take GradScaler's grad_scale/found_inf in step() (no host sync)."""
-        return any(self._resolve_impl(group)[0] for group in self.param_groups)
-
-    def _resolve_impl(self, group) -> Tuple[bool, bool]:
-        """(fused, foreach) for a group. None/None picks the fastest correct path, measured
-        (docs/benchmarks.md): the fused kernel for contiguous floating-point CUDA tensors when
-        Triton is there; elsewhere None/None goes on to the functional default (the compiled
-        CPU kernel, else foreach). The choice is remembered per group while its size and device
-        stay the same."""
-        fused, foreach = group['fused'], group['foreach']
-        if fused is not None or foreach is not None:
-            return bool(fused), bool(foreach)
-        params = group['params']
-        layout = (len(params), params[0].device if params else None)
-        remembered, impl = self._default_impls.get(id(group), (None, None))
-        if remembered != layout:
-            fusable = params and params[0].is_cuda and _fused_available() and all(
-                p.is_cuda and p.dtype in _FUSED_DTYPES and p.is_contiguous() for p in params)
-            impl = (True, False) if fusable else (None, None)
-            self._default_impls[id(group)] = layout, impl
-        return impl
+        """Fused batches take GradScaler's grad_scale/found_inf in step() (no host sync)."""
+        return any(self._choose(batch)[1] for batch in self._batches())
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group; its own hyper-parameters are checked like the constructor's, before
-        anything is added."""
+        """Add a group; its own settings are checked like the constructor's, before anything is
+        added (and ``fused=True`` against its params' devices, as torch does)."""
+        index = len(self.param_groups)
         if isinstance(param_group, dict):
-            check_hyper_parameters(param_group, where=f'FAME param group {len(self.param_groups)}')
+            check_hyper_parameters(param_group, where=f'FAME.param_groups[{index}]')
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        error = None
         if len({id(p) for p in group['params']}) != len(group['params']):
-            self.param_groups.pop()  # torch only warns: the parameter would be stepped twice
-            raise ValueError(
-                f'FAME: param group {len(self.param_groups)} holds a parameter more than once (a '
-                'shared or tied weight?), which would be stepped twice: pass each parameter once '
-                '(OpenMMLab: paramwise_cfg=dict(bypass_duplicate=True) skips shared ones)')
+            # torch only warns: the parameter would be stepped twice
+            error = ValueError(
+                f'FAME: param group {index} holds a parameter more than once (a shared or tied '
+                'weight?), which would be stepped twice: pass each parameter once (OpenMMLab: '
+                'paramwise_cfg=dict(bypass_duplicate=True) skips shared ones)')
+        elif group['fused'] and group['foreach']:
+            error = RuntimeError('`fused` and `foreach` cannot be `True` together.')
+        elif group['fused']:
+            from . import _triton_fame
+            reason = _triton_fame.unsupported_device(group['params'])
+            error = reason and RuntimeError(reason)
+        if error:
+            self.param_groups.pop()
+            raise error
         group['betas'] = tuple(group['betas'])
         if group['sq_betas'] is not None:
             group['sq_betas'] = tuple(group['sq_betas'])
@@ -204,28 +189,43 @@ class FAME(Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self._fused_plans = {}  # device tables of the fused path; rebuilt from the new state
-        self._default_impls = {}
-        for group in self.param_groups:
-            group.setdefault('beta3', 0.3)
-            group.setdefault('beta4', 0.7)
-            group.setdefault('decoupled_weight_decay', True)
-            group.setdefault('amsgrad', False)
-            group.setdefault('maximize', False)
-            group.setdefault('sq_betas', None)
-            group.setdefault('foreach', None)
-            group.setdefault('fused', None)
+        for group in self.param_groups:  # groups saved before a setting existed
+            for key, value in DEFAULTS.items():
+                group.setdefault(key, value)
 
-    def _init_group(self, group, fused, params, grads, exp_avgs, exp_avg_2s, exp_avg_3s,
-                    exp_avg_sqs, exp_avg_sq_2s, exp_avg_sq_3s, max_exp_avg_sqs,
-                    state_steps) -> bool:
+    def _batches(self) -> Iterator[_Batch]:
+        """Groups with equal settings go to one call, so the fast paths batch across the
+        one-group-per-parameter layout that mmengine's paramwise_cfg produces."""
+        batches: Dict[tuple, _Batch] = {}
+        for group in self.param_groups:
+            key = tuple(_hashable(group[k]) for k in _BATCH_KEYS)
+            batch = batches.setdefault(key, _Batch())
+            batch.groups.append(group)
+            for p in group['params']:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(
+                            'FAME does not support sparse gradients; use dense gradients (e.g. '
+                            'nn.Embedding(sparse=False)) or torch.optim.SparseAdam')
+                    batch.params.append(p)
+                    batch.grads.append(p.grad)
+        return (batch for batch in batches.values() if batch.params)
+
+    def _choose(self, batch: _Batch) -> Tuple[Callable, bool]:
+        """The dispatcher's choice for a batch, before its state is made or changed: a state
+        tensor not made yet will be laid out like its param, so the param stands in for it."""
+        group = batch.groups[0]
+        keys = [*MOMENT_KEYS, *FULL_KEYS * (group['sq_betas'] is not None),
+                *[AMSGRAD_KEY] * group['amsgrad']]
+        states = [[self.state.get(p, {}).get(k, p) for p in batch.params] for k in keys]
+        return _choose_impl(batch.params, batch.grads, states, group['foreach'], group['fused'])
+
+    def _init_state(self, batch: _Batch, fused: bool) -> Tuple[FameTensors, bool]:
+        """The batch's tensors, making missing state; and whether any param is complex."""
+        group = batch.groups[0]
         amsgrad, full = group['amsgrad'], group['sq_betas'] is not None
-        for p in group['params']:
-            grad = p.grad
-            if grad is None:
-                continue
-            if grad.is_sparse:
-                raise RuntimeError('FAME does not support sparse gradients; use dense gradients '
-                                   '(e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam')
+        tensors = FameTensors(batch.params, batch.grads, *([] for _ in range(8)))
+        for p in batch.params:
             state = self.state[p]
             if len(state) == 0:
                 # Step lives on the device for the fused kernel (found_inf without host sync),
@@ -233,29 +233,26 @@ class FAME(Optimizer):
                 state['step'] = (torch.zeros((), dtype=torch.float32, device=p.device)
                                  if fused else torch.tensor(0.0, dtype=get_scalar_dtype()))
                 for key in MOMENT_KEYS:
-                    state[key] = torch.zeros_like(p, dtype=_state_dtype(p),
+                    state[key] = torch.zeros_like(p, dtype=state_dtype(p),
                                                   memory_format=torch.preserve_format)
             elif state['step'].is_cpu != (p.is_cpu or not fused):
                 # The path changed since the state was made (or loaded): move `step` once.
                 state['step'] = (state['step'].to(p.device, torch.float32) if fused else
                                  state['step'].to('cpu', get_scalar_dtype()))
-            if amsgrad:
-                if AMSGRAD_KEY not in state:
-                    state[AMSGRAD_KEY] = torch.zeros_like(state['exp_avg_sq'])
-                max_exp_avg_sqs.append(state[AMSGRAD_KEY])
+            for key in (AMSGRAD_KEY,) * amsgrad + FULL_KEYS * full:
+                if key not in state:
+                    state[key] = torch.zeros_like(state['exp_avg_sq'])
+            tensors.exp_avgs.append(state['exp_avg'])
+            tensors.exp_avg_2s.append(state['exp_avg_2'])
+            tensors.exp_avg_3s.append(state['exp_avg_3'])
+            tensors.exp_avg_sqs.append(state['exp_avg_sq'])
             if full:
-                for key, out in zip(FULL_KEYS, (exp_avg_sq_2s, exp_avg_sq_3s)):
-                    if key not in state:
-                        state[key] = torch.zeros_like(state['exp_avg_sq'])
-                    out.append(state[key])
-            params.append(p)
-            grads.append(grad)
-            exp_avgs.append(state['exp_avg'])
-            exp_avg_2s.append(state['exp_avg_2'])
-            exp_avg_3s.append(state['exp_avg_3'])
-            exp_avg_sqs.append(state['exp_avg_sq'])
-            state_steps.append(state['step'])
-        return any(map(torch.is_complex, params))
+                tensors.exp_avg_sq_2s.append(state['exp_avg_sq_2'])
+                tensors.exp_avg_sq_3s.append(state['exp_avg_sq_3'])
+            if amsgrad:
+                tensors.max_exp_avg_sqs.append(state[AMSGRAD_KEY])
+            tensors.state_steps.append(state['step'])
+        return tensors, any(map(torch.is_complex, batch.params))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -269,61 +266,22 @@ class FAME(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        # Groups with equal hyper-parameters go to one call, so the fast paths batch across the
-        # one-group-per-parameter layout that mmengine's paramwise_cfg produces.
-        batches = {}
-        for group in self.param_groups:
-            fused, foreach = self._resolve_impl(group)
-            key = (*(_hashable(group[k]) for k in _BATCH_KEYS), fused, foreach)
-            if key not in batches:
-                batches[key] = [[] for _ in range(10)], [], fused, foreach, [False]
-            lists, groups, _, _, has_complex = batches[key]
-            groups.append(group)
-            has_complex[0] |= self._init_group(group, fused, *lists)
         # Each fused batch keeps its own device tables, found by its groups: batches of equal
         # size (per-layer lr groups) must not evict each other's and rebuild them every step.
         # Tables of batches not stepped now are dropped (they hold their tensors).
         kept = {}
-        for lists, groups, fused, foreach, has_complex in batches.values():
-            if lists[0]:
-                plans = None
-                if fused:
-                    key = tuple(map(id, groups))
-                    plans = kept[key] = self._fused_plans.get(key, {})
-                self._step_batch(lists, groups, fused, foreach, has_complex[0], plans)
+        for batch in list(self._batches()):
+            impl, fused = self._choose(batch)
+            tensors, has_complex = self._init_state(batch, fused)
+            plans = None
+            if fused:
+                key = tuple(map(id, batch.groups))
+                plans = kept[key] = self._fused_plans.get(key, {})
+            _run(impl, fused, tensors, has_complex=has_complex, fused_plans=plans,
+                 grad_scale=getattr(self, 'grad_scale', None),
+                 found_inf=getattr(self, 'found_inf', None), **_settings(batch.groups[0]))
         self._fused_plans = kept
         return loss
-
-    def _step_batch(self, lists, groups, fused, foreach, has_complex, plans=None) -> None:
-        group = groups[0]
-        beta1, beta2 = group['betas']
-        try:
-            fame(*lists,
-                 amsgrad=group['amsgrad'],
-                 has_complex=has_complex,
-                 beta1=beta1,
-                 beta2=beta2,
-                 beta3=group['beta3'],
-                 beta4=group['beta4'],
-                 lr=group['lr'],
-                 weight_decay=group['weight_decay'],
-                 eps=group['eps'],
-                 decoupled_weight_decay=group['decoupled_weight_decay'],
-                 maximize=group['maximize'],
-                 sq_betas=group['sq_betas'],
-                 foreach=foreach,
-                 fused=fused,
-                 grad_scale=getattr(self, 'grad_scale', None),
-                 found_inf=getattr(self, 'found_inf', None),
-                 fused_plans=plans)
-        except NotFusable:
-            if any(g['fused'] for g in groups):
-                raise  # asked for explicitly: say why it cannot run
-            # Chosen by default, but e.g. a gradient is strided: nothing was modified yet, so
-            # run foreach now and from then on.
-            for g in groups:
-                self._default_impls[id(g)] = (self._default_impls[id(g)][0], (False, True))
-            self._step_batch(lists, groups, False, True, has_complex)
 
     def load_state_dict(self, state_dict):
         """Load a FAME state dict; refuse other optimizers' state and keep fp32 moments.
@@ -341,9 +299,9 @@ class FAME(Optimizer):
             if not saved:
                 continue
             state = self.state[p]
-            for key in _TENSOR_KEYS:
+            for key in TENSOR_KEYS:
                 if key in saved:  # laid out like the param, whatever the saved strides
-                    state[key] = torch.empty_like(p, dtype=_state_dtype(p)).copy_(saved[key])
+                    state[key] = torch.empty_like(p, dtype=state_dtype(p)).copy_(saved[key])
             # On the CPU; the next step moves it to the device if that step runs fused.
             state['step'] = torch.tensor(get_value(saved['step']), dtype=get_scalar_dtype())
 
@@ -363,7 +321,7 @@ class FAME(Optimizer):
             for j, (saved_id, p) in enumerate(zip(saved['params'], group['params'])):
                 state = state_dict['state'].get(saved_id) or {}
                 where = f'parameter {j} of group {i} (shape {tuple(p.shape)}, {p.dtype})'
-                for key in _TENSOR_KEYS:
+                for key in TENSOR_KEYS:
                     t = state.get(key)
                     if t is not None and not (isinstance(t, Tensor) and t.shape == p.shape and (
                             t.is_complex() if p.is_complex() else t.is_floating_point())):
@@ -384,8 +342,11 @@ class FAME(Optimizer):
                                          f'finite number >= 0, got {step!r}')
 
 
+
+
 def _hashable(value):
-    return float(value) if isinstance(value, Tensor) else value
+    # A Tensor lr batches by identity: reading its value would sync with its device.
+    return ('tensor', id(value)) if isinstance(value, Tensor) else value
 
 
 def _check_is_fame_state(state_dict) -> None:
@@ -400,6 +361,38 @@ def _check_is_fame_state(state_dict) -> None:
                 'PyTorch skip optimizer.load_state_dict().')
 
 
+_ARGS_DOC = r"""
+    Args:
+        params (iterable): iterable of parameters or dicts defining parameter groups.
+        lr (float, Tensor, optional): learning rate (default: 1e-3).
+        betas (Tuple[float, float], optional): decays of the gradient EMA ``m1`` and of the
+            squared-gradient EMA ``v``, as in Adam (default: (0.9, 0.999)).
+        eps (float, optional): term added to the denominator (default: 1e-8).
+        weight_decay (float, optional): weight decay coefficient (default: 0).
+        amsgrad (bool, optional): use the running maximum of ``v`` (default: False).
+
+    Keyword-only (FAME's own):
+        beta3 (float, optional): decay of ``m2``, the EMA of ``m1`` (default: 0.3).
+        beta4 (float, optional): decay of ``m3``, the EMA of ``m2`` (default: 0.7).
+        decoupled_weight_decay (bool, optional): AdamW-style decay ``p *= 1 - lr * wd`` when True
+            (the meaning of OpenMMLab's AdamW recipes), L2 added to the gradient when False (the
+            authors' code) (default: True).
+        maximize (bool, optional): maximize the objective instead of minimizing (default: False).
+        sq_betas (Tuple[float, float], optional): full FAME: also take the TEMA of ``v``, with
+            these decays of ``v2`` (the EMA of ``v``) and ``v3`` (the EMA of ``v2``), clamped at 0;
+            None keeps Adam's ``v`` (default: None).
+        foreach (bool, optional): multi-tensor implementation; on CPU it walks cache-sized slices
+            so memory is crossed about once per step. None picks the fastest correct path for the
+            tensors (default: None).
+        fused (bool, optional): single-pass Triton kernel for CUDA tensors, many tensors per
+            launch; consumes GradScaler's ``grad_scale``/``found_inf`` on the device. Needs
+            ``triton``; on CPU only under ``TRITON_INTERPRET=1`` (for testing) (default: None).
+
+    State per parameter: ``step``, ``exp_avg`` (m1), ``exp_avg_2`` (m2), ``exp_avg_3`` (m3),
+    ``exp_avg_sq`` (v); with amsgrad ``max_exp_avg_sq``; with sq_betas ``exp_avg_sq_2`` (v2) and
+    ``exp_avg_sq_3`` (v3). They are fp32 for fp16/bf16 parameters.
+    """
+
 FAME.__doc__ = r"""Implements FAME (Fast Adaptive Moment Estimation).
 
     Adam whose first moment is the Triple Exponential Moving Average of the gradient
@@ -412,31 +405,22 @@ FAME.__doc__ = r"""Implements FAME (Fast Adaptive Moment Estimation).
         p  = p - lr / (1 - beta1**t) * (3*m1 - 3*m2 + m3) / (sqrt(v / (1 - beta2**t)) + eps)
 
     With ``beta3 = beta4 = 0`` it is exactly Adam (``decoupled_weight_decay=False``) or AdamW.
+    The positional arguments are Adam's, in Adam's order; FAME's own are keyword-only.
+    """ + _ARGS_DOC
 
-    Args:
-        params (iterable): iterable of parameters or dicts defining parameter groups.
-        lr (float, Tensor, optional): learning rate (default: 1e-3).
-        betas (Tuple[float, float], optional): decays of the gradient EMA ``m1`` and of the
-            squared-gradient EMA ``v``, as in Adam (default: (0.9, 0.999)).
-        beta3 (float, optional): decay of ``m2``, the EMA of ``m1`` (default: 0.3).
-        beta4 (float, optional): decay of ``m3``, the EMA of ``m2`` (default: 0.7).
-        eps (float, optional): term added to the denominator (default: 1e-8).
-        weight_decay (float, optional): weight decay coefficient (default: 0).
-        decoupled_weight_decay (bool, optional): AdamW-style decay ``p *= 1 - lr * wd`` when True
-            (the meaning of OpenMMLab's AdamW recipes), L2 added to the gradient when False (the
-            authors' code) (default: True).
-        amsgrad (bool, optional): use the running maximum of ``v`` (default: False).
-        maximize (bool, optional): maximize the objective instead of minimizing (default: False).
-        foreach (bool, optional): multi-tensor implementation; on CPU it walks cache-sized slices
-            so memory is crossed about once per step. None picks the fastest correct path for the
-            device (default: None).
-        fused (bool, optional): single-pass Triton kernel for CUDA tensors, many tensors per
-            launch; consumes GradScaler's ``grad_scale``/``found_inf`` on the device. Needs
-            ``triton``; on CPU only under ``TRITON_INTERPRET=1`` (for testing) (default: None).
+# The settings and their defaults, read from the signature: __setstate__ and the argument check
+# use this table, so a new setting is declared once.
+DEFAULTS = {name: p.default for name, p in inspect.signature(FAME).parameters.items()
+            if name != 'params'}
 
-    State per parameter: ``step``, ``exp_avg``, ``exp_avg_2``, ``exp_avg_3``, ``exp_avg_sq`` and,
-    with amsgrad, ``max_exp_avg_sq``. Moments are fp32 for fp16/bf16 parameters.
-    """
+
+def _settings(group: dict) -> dict:
+    """A group's settings as the implementations take them."""
+    beta1, beta2 = group['betas']
+    return dict(amsgrad=group['amsgrad'], beta1=beta1, beta2=beta2, beta3=group['beta3'],
+                beta4=group['beta4'], lr=group['lr'], weight_decay=group['weight_decay'],
+                eps=group['eps'], decoupled_weight_decay=group['decoupled_weight_decay'],
+                maximize=group['maximize'], sq_betas=group['sq_betas'])
 
 
 def fame(params: List[Tensor],
@@ -467,55 +451,66 @@ def fame(params: List[Tensor],
          decoupled_weight_decay: bool,
          maximize: bool,
          sq_betas: Optional[Tuple[float, float]] = None) -> None:
-    """Functional FAME: see :class:`FAME`. Picks the implementation and runs it.
+    """Functional FAME: see :class:`FAME`. Picks the implementation as the class does and runs it.
 
-    ``exp_avg_sq_2s``/``exp_avg_sq_3s`` are used (and may be empty otherwise) with ``sq_betas``.
+    ``exp_avg_sq_2s``/``exp_avg_sq_3s`` are used (and may be empty otherwise) with ``sq_betas``,
+    ``max_exp_avg_sqs`` with ``amsgrad``. ``fused_plans``, a dict kept by the caller for these
+    tensors, lets the fused kernel reuse its device tables across steps.
     """
-    if fused is None and foreach is None:
-        full = sq_betas is not None
-        func = _default_impl(params, grads, [exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
-                                             *([exp_avg_sq_2s, exp_avg_sq_3s] if full else []),
-                                             *([max_exp_avg_sqs] if amsgrad else [])])
-    elif fused:
-        from ._triton_fame import fused_fame
-        func = partial(fused_fame, plans=fused_plans)
-    else:
-        func = _multi_tensor_fame if foreach else _single_tensor_fame
-    if not fused:
-        if grad_scale is not None or found_inf is not None:
-            # A non-fused group of an optimizer whose fused groups asked GradScaler to defer:
-            # unscale here (with a host sync, as GradScaler itself would).
-            if found_inf is not None and found_inf.item():
-                return
-            if grad_scale is not None:
-                torch._foreach_div_(grads, grad_scale.item())
-            grad_scale = found_inf = None
-        lr = get_value(lr)
-    func(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
-         exp_avg_sq_3s, max_exp_avg_sqs, state_steps, grad_scale=grad_scale,
-         found_inf=found_inf, has_complex=has_complex, amsgrad=amsgrad, beta1=beta1,
+    tensors = FameTensors(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,
+                          exp_avg_sq_2s, exp_avg_sq_3s, max_exp_avg_sqs, state_steps)
+    impl, is_fused = _choose_impl(params, grads, tensors.states(amsgrad, sq_betas is not None),
+                                  foreach, fused)
+    _run(impl, is_fused, tensors, grad_scale=grad_scale, found_inf=found_inf,
+         has_complex=has_complex, fused_plans=fused_plans, amsgrad=amsgrad, beta1=beta1,
          beta2=beta2, beta3=beta3, beta4=beta4, lr=lr, weight_decay=weight_decay, eps=eps,
          decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, sq_betas=sq_betas)
 
 
-def _fused_available() -> bool:
-    from . import _triton_fame
-    return _triton_fame.triton is not None
+def _choose_impl(params: List[Tensor], grads: List[Tensor], states: List[List[Tensor]],
+                 foreach: Optional[bool], fused: Optional[bool]) -> Tuple[Callable, bool]:
+    """The one place an implementation is chosen (for the class and :func:`fame` alike), from
+    the tensors alone, before anything is modified: (implementation, whether it is fused).
 
-
-def _default_impl(params: List[Tensor], grads: List[Tensor], states: List[List[Tensor]]):
-    """The implementation for ``foreach=None, fused=None`` in the functional API, measured
-    (docs/benchmarks.md): the compiled single-pass CPU kernel for contiguous fp32 CPU tensors
-    (when a C compiler is there), else foreach for plain CPU/CUDA tensors, else the for-loop.
-    (The optimizer class picks the fused kernel on CUDA itself: it keeps the kernel's tables.)"""
-    if params and params[0].is_cpu:
+    What was asked for; else the fastest correct one, measured (docs/benchmarks.md): the fused
+    kernel for CUDA tensors it can take (with Triton), the compiled C loop for contiguous fp32
+    CPU tensors (with a C compiler), foreach for plain CPU/CUDA tensors, else the for-loop.
+    ``fused=True`` on tensors the kernel cannot take raises, saying why; ``fused=False`` only
+    rules the kernel out, as in torch.
+    """
+    default = fused is None and foreach is None
+    if fused or (default and params and params[0].is_cuda):
+        from . import _triton_fame
+        reason = _triton_fame.unsupported_reason(params, grads, states)
+        if reason is None:
+            return _triton_fame.fused_fame, True
+        if fused:
+            raise RuntimeError(reason)
+    if foreach is None and params and params[0].is_cpu:
         from . import _cpu_kernel
         if _cpu_kernel.supports(params, grads, states) and _cpu_kernel.load():
-            return _cpu_kernel.cpu_kernel_fame
-    foreach = not torch.jit.is_scripting() and all(
-        type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ('cpu', 'cuda')
-        for p in params)
-    return _multi_tensor_fame if foreach else _single_tensor_fame
+            return _cpu_kernel.cpu_kernel_fame, False
+    if foreach is None:
+        foreach = not torch.jit.is_scripting() and all(
+            type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ('cpu', 'cuda')
+            for p in params)
+    return (_multi_tensor_fame if foreach else _single_tensor_fame), False
+
+
+def _run(impl: Callable, fused: bool, tensors: FameTensors, *, grad_scale, found_inf,
+         fused_plans, lr, **settings) -> None:
+    if fused:
+        impl(*tensors, grad_scale=grad_scale, found_inf=found_inf, lr=lr, plans=fused_plans,
+             **settings)
+        return
+    if grad_scale is not None or found_inf is not None:
+        # A non-fused batch of an optimizer whose fused batches asked GradScaler to defer:
+        # unscale here (with a host sync, as GradScaler itself would).
+        if found_inf is not None and found_inf.item():
+            return
+        if grad_scale is not None:
+            torch._foreach_div_(tensors.grads, grad_scale.item())
+    impl(*tensors, grad_scale=None, found_inf=None, lr=get_value(lr), **settings)
 
 
 def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs,

@@ -65,8 +65,8 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def _check_fame_cfg(self) -> None:
         """Reject FAME configs that would train wrongly or fail deep inside the optimizer."""
         cfg = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
-        check_arguments(cfg, where='optim_wrapper.optimizer (FAME)')
-        check_hyper_parameters(cfg, where='optim_wrapper.optimizer (FAME)')
+        check_arguments(cfg, where='optim_wrapper.optimizer')
+        check_hyper_parameters(cfg, where='optim_wrapper.optimizer')
         if not self.base_wd:
             custom = self.paramwise_cfg.get('custom_keys', {})
             # A zero mult without weight_decay asks for no decay, but mmengine's constructor
