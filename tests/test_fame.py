@@ -9,91 +9,46 @@ import pytest
 import torch
 from torch import nn
 
+from cases import (CONFIGS, DEVICES, HAS_CUDA, HAS_TRITON, IMPLS, assert_same, lockstep,
+                   make_params, max_err, needs_cpu_kernel, settings, twins, usable)
 from mmfame import FAME
 from mmfame.optim import _triton_fame
 from reference import ReferenceFAME
 
-HAS_CUDA = torch.cuda.is_available()
-HAS_TRITON = _triton_fame.triton is not None
-DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not HAS_CUDA, reason='no CUDA'))]
-IMPLS = {
-    'forloop': dict(foreach=False),
-    'foreach': dict(foreach=True),
-    'fused': dict(fused=True),
-    # the default: the compiled CPU kernel for fp32 CPU tensors, the fused kernel on CUDA
-    'default': dict(),
-}
-CONFIGS = {
-    'default': dict(),
-    'lr': dict(lr=3e-2, eps=1e-5),
-    'wd_decoupled': dict(weight_decay=0.1),
-    'wd_l2': dict(weight_decay=0.1, decoupled_weight_decay=False),
-    'maximize': dict(maximize=True, weight_decay=0.05, decoupled_weight_decay=False),
-    'amsgrad': dict(amsgrad=True, weight_decay=0.05),
-    'tema_0': dict(beta3=0.0, beta4=0.0),
-    'tema_half': dict(beta3=0.5, beta4=0.5),
-    'tema_099': dict(beta3=0.99, beta4=0.99, betas=(0.8, 0.99)),
-    'full': dict(sq_betas=(0.3, 0.7), weight_decay=0.05),
-    # equal decays make TEMA's weights go negative: exercises the clamp at 0
-    'full_equal_amsgrad': dict(sq_betas=(0.9, 0.9), amsgrad=True, betas=(0.5, 0.5)),
-}
-
-
-def usable(impl, device):
-    if impl == 'fused':
-        if not HAS_TRITON:
-            pytest.skip('Triton >= 3.0 is not installed')
-        if device == 'cpu' and not _triton_fame.INTERPRET:
-            pytest.skip('fused on CPU runs only under TRITON_INTERPRET=1')
-
-
-def needs_cpu_kernel():
-    from mmfame.optim import _cpu_kernel
-    if _cpu_kernel.load() is None:
-        pytest.skip('no C compiler here: the CPU kernel cannot be built (FAME uses foreach)')
-
-
-def make_params(device, dtype=torch.float64, seed=0):
-    """Shapes that cover a scalar, a non-square matrix, a conv kernel and a tensor larger than
-    one CPU cache block (so the foreach path slices it)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(), (7, 3), (4, 3, 3, 3), (300_001,)]
-    return [torch.randn(s, generator=g, dtype=dtype).to(device).requires_grad_() for s in shapes]
-
-
-def max_err(a, b):
-    return (a.to(torch.float64) - b.to(torch.float64)).abs().max().item()
+# implementation -> (param dtype, tolerance against the float64 reference): the default runs
+# fp32 (the compiled C loop on CPU, the fused kernel on CUDA), the others float64.
+PRECISION = {'forloop': (torch.float64, 1e-12), 'foreach': (torch.float64, 1e-12),
+             'fused': (torch.float64, 1e-12), 'default': (torch.float32, 2e-5)}
 
 
 @pytest.mark.parametrize('device', DEVICES)
-@pytest.mark.parametrize('impl', ['forloop', 'foreach', 'fused'])
+@pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('config', CONFIGS)
 def test_matches_float64_reference(device, impl, config):
-    """Params and all four (five with amsgrad) state buffers equal the spec, every step."""
+    """Params, step and every state buffer equal the spec after every step, a None grad
+    included; in fp32 the large tensor is split across the C loop's threads."""
     usable(impl, device)
-    kwargs = dict(lr=1e-2, **CONFIGS[config]) if 'lr' not in CONFIGS[config] else CONFIGS[config]
-    params = make_params(device)
-    ref = ReferenceFAME(params, **kwargs)
-    opt = FAME(params, **kwargs, **IMPLS[impl])
-    g = torch.Generator().manual_seed(1)
-    for step in range(6):
-        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(device) for p in params]
-        if step == 3:
-            grads[1] = None  # skipped: neither the param nor its state moves
-        for p, grad in zip(params, grads):
-            p.grad = grad
-        opt.step()
+    if impl == 'default' and device == 'cpu':
+        needs_cpu_kernel()
+    dtype, tol = PRECISION[impl]
+    params = make_params(device, dtype)
+    ref = ReferenceFAME(params, **settings(config))
+    opt = FAME(params, **settings(config), **IMPLS[impl])
+
+    def compare(step, grads):
         ref.step(grads)
         for i, p in enumerate(params):
-            assert max_err(p, ref.p[i]) < 1e-12, (step, i)
-            state = opt.state[p]
-            assert float(state['step']) == ref.t[i]
+            assert max_err(p, ref.p[i]) < tol, (step, i)
+            assert float(opt.state[p]['step']) == ref.t[i]
             for key, value in ref.state(i).items():
-                assert max_err(state[key], value) < 1e-12, (step, i, key)
+                scale = max(1.0, value.abs().max().item()) if dtype == torch.float32 else 1.0
+                assert max_err(opt.state[p][key], value) < tol * scale, (step, i, key)
+
+    lockstep([(opt, params)], steps=6, seed=1, skip=lambda step: [1] * (step == 3), each=compare)
     expected = {'step', 'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq'}
-    if kwargs.get('amsgrad'):
+    if CONFIGS[config].get('amsgrad'):
         expected.add('max_exp_avg_sq')
-    if kwargs.get('sq_betas'):
+    if CONFIGS[config].get('sq_betas'):
         expected |= {'exp_avg_sq_2', 'exp_avg_sq_3'}
     assert set(opt.state[params[0]]) == expected
 
@@ -105,18 +60,12 @@ def test_beta3_beta4_zero_is_adam(decoupled, torch_cls, impl):
     """With beta3 = beta4 = 0, TEMA = m1 and FAME is exactly Adam (L2) or AdamW."""
     usable(impl, 'cpu')
     params = make_params('cpu')
-    twins = [p.detach().clone().requires_grad_() for p in params]
+    copies = twins(params)
     opt = FAME(params, lr=1e-2, beta3=0.0, beta4=0.0, weight_decay=0.1,
                decoupled_weight_decay=decoupled, **IMPLS[impl])
-    adam = torch_cls(twins, lr=1e-2, weight_decay=0.1, foreach=False)
-    g = torch.Generator().manual_seed(2)
-    for _ in range(8):
-        for p, q in zip(params, twins):
-            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            q.grad = p.grad.clone()
-        opt.step()
-        adam.step()
-    for p, q in zip(params, twins):
+    adam = torch_cls(copies, lr=1e-2, weight_decay=0.1, foreach=False)
+    lockstep([(opt, params), (adam, copies)], steps=8, seed=2)
+    for p, q in zip(params, copies):
         assert max_err(p, q) < 1e-13
         assert max_err(opt.state[p]['exp_avg_sq'], adam.state[q]['exp_avg_sq']) < 1e-15
 
@@ -161,21 +110,14 @@ def test_fused_matches_forloop_in_low_precision(device, dtype):
     torch.manual_seed(0)
     params = [torch.randn(s, device=device).to(dtype).requires_grad_()
               for s in [(), (33, 7), (5000,)]]
-    twins = [p.detach().clone().requires_grad_() for p in params]
+    copies = twins(params)
     fused = FAME(params, lr=1e-3, weight_decay=0.05, fused=True)
-    loop = FAME(twins, lr=1e-3, weight_decay=0.05, foreach=False)
-    for _ in range(5):
-        for p, q in zip(params, twins):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        fused.step()
-        loop.step()
-    for p, q in zip(params, twins):
+    loop = FAME(copies, lr=1e-3, weight_decay=0.05, foreach=False)
+    lockstep([(fused, params), (loop, copies)], steps=5)
+    for p, q in zip(params, copies):
         assert fused.state[p]['exp_avg'].dtype == torch.float32
         assert p.dtype == dtype
-        assert max_err(p, q) <= tol * max(1.0, q.abs().max().item())
-        for key in ('exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq'):
-            assert max_err(fused.state[p][key], loop.state[q][key]) < 1e-5
+    assert_same((fused, params), (loop, copies), tol=tol, state_tol=1e-5)
 
 
 @pytest.mark.parametrize('impl', IMPLS)
@@ -251,17 +193,11 @@ def test_groups_with_different_lr_and_a_tiny_lr_group_is_bitwise_frozen(impl):
 def test_tensor_lr_matches_float_lr(impl):
     usable(impl, 'cpu')
     params = make_params('cpu', torch.float32)
-    twins = [p.detach().clone().requires_grad_() for p in params]
+    copies = twins(params)
     opt_t = FAME(params, lr=torch.tensor(1e-2), **IMPLS[impl])
-    opt_f = FAME(twins, lr=1e-2, **IMPLS[impl])
-    for _ in range(3):
-        for p, q in zip(params, twins):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        opt_t.step()
-        opt_f.step()
-    for p, q in zip(params, twins):
-        assert torch.equal(p, q)
+    opt_f = FAME(copies, lr=1e-2, **IMPLS[impl])
+    lockstep([(opt_t, params), (opt_f, copies)], steps=3)
+    assert_same((opt_t, params), (opt_f, copies))
 
 
 @pytest.mark.parametrize('impl', IMPLS)
@@ -292,46 +228,34 @@ def test_step_returns_closure_loss(impl):
     assert opt.step(closure).item() == 6.0
 
 
-def test_default_path_on_cpu_is_the_compiled_kernel_for_fp32_else_foreach():
-    from mmfame.optim import _cpu_kernel
-    from mmfame.optim.fame import _default_impl, _multi_tensor_fame
-    needs_cpu_kernel()
-    w32 = [torch.ones(3), torch.ones(5, 2)]
-    assert _default_impl(w32, w32, [w32]) is _cpu_kernel.cpu_kernel_fame
-    w64 = [t.double() for t in w32]
-    assert _default_impl(w64, w64, [w64]) is _multi_tensor_fame
-    strided = [torch.ones(4, 6).t()]
-    assert _default_impl(strided, strided, [strided]) is _multi_tensor_fame
+# (params, grads, states, foreach, fused) -> the implementation the dispatcher picks on CPU
+W32 = [torch.ones(3), torch.ones(5, 2)]
+CONV = [torch.ones(2, 3, 4, 4)]
+CPU_CHOICES = {
+    'fp32: the C loop': ((W32, W32, [W32], None, None), 'cpu_kernel_fame'),
+    'fp32, fused=False: the C loop': ((W32, W32, [W32], None, False), 'cpu_kernel_fame'),
+    'fp32, foreach=True': ((W32, W32, [W32], True, None), '_multi_tensor_fame'),
+    'fp32, foreach=False': ((W32, W32, [W32], False, None), '_single_tensor_fame'),
+    'fp64: foreach': (([t.double() for t in W32],) * 2 + ([[t.double() for t in W32]], None,
+                                                          None), '_multi_tensor_fame'),
+    'strided: foreach': (([torch.ones(4, 6).t()],) * 2 + ([[torch.ones(4, 6).t()]], None, None),
+                         '_multi_tensor_fame'),
     # the C loop walks raw memory: state of another layout or shape is not for it
-    conv = [torch.ones(2, 3, 4, 4)]
-    channels_last = [conv[0].to(memory_format=torch.channels_last)]
-    assert _default_impl(conv, conv, [conv, channels_last]) is _multi_tensor_fame
-    assert _default_impl(conv, conv, [[torch.ones(2, 3, 16)]]) is _multi_tensor_fame
+    'channels_last state': ((CONV, CONV, [CONV, [CONV[0].to(memory_format=torch.channels_last)]],
+                             None, None), '_multi_tensor_fame'),
+    'state of another shape': ((CONV, CONV, [[torch.ones(2, 3, 16)]], None, None),
+                               '_multi_tensor_fame'),
+}
 
 
-@pytest.mark.parametrize('config', CONFIGS)
-def test_cpu_kernel_matches_float64_reference_in_fp32(config):
-    """The compiled single-pass CPU kernel (the CPU default for fp32) against the spec: params
-    and every state buffer, each step, to fp32 rounding; the large tensor is split across
-    threads."""
-    needs_cpu_kernel()
-    kwargs = dict(lr=1e-2, **CONFIGS[config]) if 'lr' not in CONFIGS[config] else CONFIGS[config]
-    params = make_params('cpu', torch.float32)
-    ref = ReferenceFAME(params, **kwargs)
-    opt = FAME(params, **kwargs)
-    g = torch.Generator().manual_seed(1)
-    for step in range(6):
-        grads = [torch.randn(p.shape, generator=g) for p in params]
-        if step == 3:
-            grads[1] = None
-        for p, grad in zip(params, grads):
-            p.grad = grad
-        opt.step()
-        ref.step(grads)
-        for i, p in enumerate(params):
-            assert max_err(p, ref.p[i]) < 2e-5, (step, i)
-            for key, value in ref.state(i).items():
-                assert max_err(opt.state[p][key], value) < 2e-5 * max(1, value.abs().max()), key
+@pytest.mark.parametrize('case', CPU_CHOICES)
+def test_dispatcher_choice_on_cpu(case):
+    from mmfame.optim.fame import _choose_impl
+    args, expected = CPU_CHOICES[case]
+    if expected == 'cpu_kernel_fame':
+        needs_cpu_kernel()
+    impl, fused = _choose_impl(*args)
+    assert (impl.__name__, fused) == (expected, False)
 
 
 def test_cpu_kernel_work_split_covers_every_element_once():
@@ -354,7 +278,7 @@ def test_construction_errors():
         FAME(w)
     with pytest.raises(ValueError, match='more than one'):
         FAME([{'params': [w]}, {'params': [w]}])
-    with pytest.raises(RuntimeError, match='cannot both be True'):
+    with pytest.raises(RuntimeError, match='cannot be `True` together'):
         FAME([w], foreach=True, fused=True)
 
 
@@ -369,14 +293,32 @@ def test_sparse_gradients_are_refused_by_name(impl):
 
 @pytest.mark.skipif(not HAS_TRITON, reason='Triton >= 3.0 is not installed')
 def test_fused_on_cpu_without_interpreter_says_fused_is_for_cuda():
+    """torch's wording first (its generic optimizer tests match it), then FAME's hint; raised
+    when the optimizer is built, before any state exists."""
     code = ('import torch; from mmfame import FAME\n'
             'w = torch.zeros(3, requires_grad=True); w.grad = torch.ones(3)\n'
-            'FAME([w], fused=True).step()\n')
+            'FAME([w], fused=True)\n')
     env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
     env['CUDA_VISIBLE_DEVICES'] = ''
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
     assert out.returncode != 0
-    assert 'runs a Triton kernel on CUDA tensors' in out.stderr
+    message = out.stderr.strip().splitlines()[-1]
+    assert message.startswith("RuntimeError: `fused=True` requires all the params to be floating "
+                              "point Tensors of supported devices: ['cuda'].")
+    assert 'TRITON_INTERPRET=1' in message
+
+
+@pytest.mark.parametrize('strided', ['param', 'grad'])
+def test_a_failed_fused_check_creates_no_state(strided):
+    """The dispatcher decides before state is made: a refused fused step leaves the optimizer
+    as it was (torch's Adam leaves its state empty too)."""
+    usable('fused', 'cpu')
+    w = (torch.randn(4, 6).t() if strided == 'param' else torch.randn(6, 4)).requires_grad_()
+    w.grad = torch.ones(4, 6).t() if strided == 'grad' else torch.ones_like(w)
+    opt = FAME([w], fused=True)
+    with pytest.raises(RuntimeError, match='contiguous'):
+        opt.step()
+    assert len(opt.state) == 0
 
 
 def test_fused_refuses_strided_tensors():
@@ -421,18 +363,12 @@ def test_step_size_math_matches_adam_bias_correction():
 @pytest.mark.skipif(not HAS_CUDA or not HAS_TRITON, reason='needs CUDA and Triton >= 3.0')
 def test_default_path_on_cuda_is_fused_and_matches_foreach(monkeypatch):
     params = make_params('cuda', torch.float32)
-    twins = [p.detach().clone().requires_grad_() for p in params]
-    default, foreach = FAME(params, lr=1e-2), FAME(twins, lr=1e-2, foreach=True)
+    copies = twins(params)
+    default, foreach = FAME(params, lr=1e-2), FAME(copies, lr=1e-2, foreach=True)
+    lockstep([(default, params), (foreach, copies)], steps=3)
     assert default._step_supports_amp_scaling  # GradScaler leaves unscaling to the kernel
-    run_steps = [(default, params), (foreach, twins)]
-    for _ in range(3):
-        grads = [torch.randn_like(p) for p in params]
-        for opt, ps in run_steps:
-            for p, g in zip(ps, grads):
-                p.grad = g.clone()
-            opt.step()
     assert default.state[params[0]]['step'].is_cuda  # the fused path keeps step on the device
-    for p, q in zip(params, twins):
+    for p, q in zip(params, copies):
         assert torch.allclose(p, q, atol=1e-6)
 
 
@@ -482,8 +418,8 @@ def test_full_fame_is_off_by_default_and_validated():
 
 
 def test_fused_tables_are_built_once_per_batch_of_equal_size(monkeypatch):
-    """Per-layer lr groups of equal size (layer decay) keep their own device tables: one build
-    per batch, not one per batch and step."""
+    """A ViT-B/16 with layer decay: about 25 groups of equal size with distinct lr. Each batch
+    keeps its own device tables: one build per batch, not one per batch and step."""
     usable('fused', 'cuda' if HAS_CUDA else 'cpu')
     device = 'cuda' if HAS_CUDA else 'cpu'
     builds = []
@@ -494,10 +430,85 @@ def test_fused_tables_are_built_once_per_batch_of_equal_size(monkeypatch):
             super().__init__(lists)
 
     monkeypatch.setattr(_triton_fame, '_Plan', CountingPlan)
-    params = [torch.randn(8, device=device, requires_grad=True) for _ in range(4)]
-    opt = FAME([dict(params=params[:2], lr=1e-2), dict(params=params[2:], lr=1e-3)], fused=True)
-    for p in params:  # the same grad tensors every step, as the caching allocator gives them
-        p.grad = torch.ones_like(p)
+    layers = [[torch.randn(8, device=device, requires_grad=True) for _ in range(4)]
+              for _ in range(25)]
+    opt = FAME([dict(params=ps, lr=1e-3 * 0.65**i) for i, ps in enumerate(layers)], fused=True)
+    for p in (p for ps in layers for p in ps):  # the same grads every step, as the allocator
+        p.grad = torch.ones_like(p)             # gives them
     for _ in range(3):
         opt.step()
-    assert builds == [2, 2]
+    assert builds == [4] * 25
+    assert float(opt.state[layers[-1][0]]['step']) == 3
+
+
+def test_fused_reads_a_tensor_lr_on_the_device(monkeypatch):
+    """A Tensor lr on the params' device is copied into the kernel's arguments on the device:
+    no .item() or float() (on CUDA a host read that waits for the GPU), batched by identity."""
+    usable('fused', 'cuda' if HAS_CUDA else 'cpu')
+    device = 'cuda' if HAS_CUDA else 'cpu'
+    params = make_params(device, torch.float32)
+    copies = twins(params)
+    opt_t = FAME(params, lr=torch.tensor(1e-2, device=device), fused=True)
+    opt_f = FAME(copies, lr=1e-2, fused=True)
+    reads = []
+    monkeypatch.setattr(torch.Tensor, 'item', lambda t: reads.append('item'))
+    monkeypatch.setattr(torch.Tensor, '__float__', lambda t: reads.append('float'))
+    lockstep([(opt_t, params)], steps=3)
+    monkeypatch.undo()
+    assert reads == []
+    lockstep([(opt_f, copies)], steps=3)
+    assert_same((opt_t, params), (opt_f, copies))
+
+
+def test_adam_positional_call_means_what_it_means_for_adam():
+    """torch's positional order for Adam's arguments, FAME's own keyword-only: an Adam-style
+    call sets eps and weight_decay, never beta3/beta4."""
+    w = torch.zeros(2, requires_grad=True)
+    group = FAME([w], 1e-3, (0.8, 0.99), 1e-6, 0.01, True).param_groups[0]
+    adam = torch.optim.Adam([w], 1e-3, (0.8, 0.99), 1e-6, 0.01, True).param_groups[0]
+    for key in ('lr', 'betas', 'eps', 'weight_decay', 'amsgrad'):
+        assert group[key] == adam[key], key
+    assert (group['beta3'], group['beta4']) == (0.3, 0.7)
+    with pytest.raises(TypeError, match='positional'):
+        FAME([w], 1e-3, (0.9, 0.999), 1e-8, 0.0, False, 0.3)
+
+
+def test_every_setting_has_one_default_and_is_documented():
+    """The signature is the table: group defaults, __setstate__ and the argument check read it,
+    and the docstring names every argument and every state key."""
+    import inspect
+
+    from mmfame.optim._core import TENSOR_KEYS
+    from mmfame.optim.fame import DEFAULTS
+    names = [n for n in inspect.signature(FAME).parameters if n != 'params']
+    assert list(DEFAULTS) == names
+    w = torch.zeros(2, requires_grad=True)
+    opt = FAME([w])
+    assert {k: opt.defaults[k] for k in names} == DEFAULTS
+    opt.__setstate__({'state': {}, 'param_groups': [{'params': [w]}]})
+    assert {k: opt.param_groups[0][k] for k in names} == DEFAULTS
+    for name in [*names, 'step', *TENSOR_KEYS]:
+        assert f'{name} (' in FAME.__doc__ or f'``{name}``' in FAME.__doc__, name
+
+
+def test_functional_fame_picks_what_the_class_picks():
+    """One dispatcher: on fp32 CPU tensors both take the C loop and agree bitwise."""
+    from mmfame.optim.fame import fame
+    needs_cpu_kernel()
+    params = make_params('cpu', torch.float32)
+    copies = twins(params)
+    opt = FAME(copies, lr=1e-2, weight_decay=0.1)
+    state = [[torch.zeros_like(p) for p in params] for _ in range(4)]
+    steps = [torch.tensor(0.0) for _ in params]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in params]
+        for q, grad in zip(copies, grads):
+            q.grad = grad.clone()
+        opt.step()
+        with torch.no_grad():
+            fame(params, grads, *state, [], [], [], steps, amsgrad=False, beta1=0.9, beta2=0.999,
+                 beta3=0.3, beta4=0.7, lr=1e-2, weight_decay=0.1, eps=1e-8,
+                 decoupled_weight_decay=True, maximize=False)
+    for p, q in zip(params, copies):
+        assert torch.equal(p, q)

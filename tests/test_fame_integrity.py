@@ -8,32 +8,8 @@ import torch
 from mmengine.optim import build_optim_wrapper
 from torch import nn
 
+from cases import IMPLS, stepped, usable
 from mmfame import FAME
-from mmfame.optim import _triton_fame
-
-IMPLS = {
-    'forloop': dict(foreach=False),
-    'foreach': dict(foreach=True),
-    'fused': dict(fused=True),
-    'default': dict(),  # the compiled C loop for contiguous fp32 CPU tensors
-}
-
-
-def usable(impl):
-    if impl == 'fused' and (_triton_fame.triton is None or not _triton_fame.INTERPRET):
-        pytest.skip('the fused kernel on CPU needs Triton >= 3.0 and TRITON_INTERPRET=1')
-
-
-def stepped(params, impl, steps=1, seed=0, **kwargs):
-    """A FAME over ``params`` after ``steps`` steps on seeded gradients."""
-    opt = FAME(params, lr=1e-2, **IMPLS[impl], **kwargs)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=g).to(memory_format=torch.preserve_format)
-        opt.step()
-    return opt
-
 
 # ------------------------------------------------------------------------- loaded state
 def saved_state(shape=(3, 4), steps=2, **kwargs):

@@ -8,15 +8,11 @@ from torch import nn
 
 from mmfame import FAME
 from mmfame.optim import _triton_fame
-from test_fame import DEVICES, HAS_CUDA, IMPLS, make_params, usable
+from cases import DEVICES, HAS_CUDA, IMPLS, lockstep, make_params, twins, usable
 
 
 def run(opt, params, steps, seed):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
-        opt.step()
+    lockstep([(opt, params)], steps, seed)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -26,20 +22,20 @@ def test_resume_is_bitwise_identical(device, impl):
     continue: identical to the uninterrupted run."""
     usable(impl, device)
     params = make_params(device, torch.float32)
-    twins = [p.detach().clone().requires_grad_() for p in params]
+    copies = twins(params)
     kw = dict(lr=1e-2, weight_decay=0.1, amsgrad=True, **IMPLS[impl])
     straight = FAME(params, **kw)
     run(straight, params, 10, seed=0)
-    first = FAME(twins, **kw)
-    run(first, twins, 10, seed=0)
+    first = FAME(copies, **kw)
+    run(first, copies, 10, seed=0)
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
     buf.seek(0)
-    resumed = FAME(twins, **kw)
+    resumed = FAME(copies, **kw)
     resumed.load_state_dict(torch.load(buf, weights_only=True))
     run(straight, params, 10, seed=1)
-    run(resumed, twins, 10, seed=1)
-    for p, q in zip(params, twins):
+    run(resumed, copies, 10, seed=1)
+    for p, q in zip(params, copies):
         assert torch.equal(p, q)
         for key, value in straight.state[p].items():
             assert torch.equal(value.cpu(), resumed.state[q][key].cpu()), key
