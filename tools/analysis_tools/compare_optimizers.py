@@ -64,13 +64,20 @@ import os.path as osp
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch.optim import Optimizer
 
 HERE = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(osp.dirname(HERE))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+# The tables and plots live in mmfame.experiments.report; the names stay attributes of this module.
+from mmfame.experiments.report import (build_summary, fmt, markdown_table,  # noqa: E402,F401
+                                       mean_std, plot, write_outputs)
+
 PRIVATE_NAME = '_AnalysisCascadeAdam'
 MODULE_NAME = 'compare_optimizers'  # importable name for custom_imports (HERE on PYTHONPATH)
 
@@ -358,26 +365,6 @@ def summarize_run(records: Sequence[dict], metrics: Sequence[str]) -> dict:
     return out
 
 
-def mean_std(values: Sequence[float]):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and
-                                                          math.isnan(v))]
-    if not values:
-        return None, None, 0
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None, len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var), len(values)
-
-
-def fmt(mean, std, digits=4):
-    if mean is None:
-        return 'n/a'
-    if std is None:
-        return f'{mean:.{digits}g}'
-    return f'{mean:.{digits}g} ± {std:.2g}'
-
-
 def collect(work_dir: str, settings: Sequence[str], seeds: Sequence[int],
             metrics: Optional[Sequence[str]] = None):
     """{setting: {seed: summary}} from the runs under ``work_dir`` and the metric keys used."""
@@ -393,144 +380,6 @@ def collect(work_dir: str, settings: Sequence[str], seeds: Sequence[int],
     runs = {spec: {seed: summarize_run(recs, metrics) for seed, recs in per.items() if recs}
             for spec, per in raw.items()}
     return runs, list(metrics)
-
-
-def build_summary(runs: Dict[str, Dict[int, dict]], metrics: Sequence[str],
-                  reference: Optional[str] = None) -> dict:
-    """Mean/std over seeds per setting, and paired differences to ``reference``."""
-    primary = metrics[0] if metrics else None
-    if reference not in runs:
-        reference = next(iter(runs), None)
-    rows = {}
-    for spec, per in runs.items():
-        row = dict(n=len(per), seeds=sorted(per))
-        for key in metrics:
-            row[key] = mean_std([r['metrics'].get(key) for r in per.values()])[:2]
-        row['final_loss'] = mean_std([r['final_loss'] for r in per.values()])[:2]
-        row['sec_per_iter'] = mean_std([r['sec_per_iter'] for r in per.values()])[:2]
-        if primary and reference and spec != reference:
-            ref = runs[reference]
-            diffs = [per[s]['metrics'].get(primary) - ref[s]['metrics'].get(primary)
-                     for s in per if s in ref and per[s]['metrics'].get(primary) is not None
-                     and ref[s]['metrics'].get(primary) is not None]
-            row['paired_diff'] = mean_std(diffs)[:2]
-            row['paired_n'] = len(diffs)
-            row['paired_wins'] = sum(d > 0 for d in diffs)
-        rows[spec] = row
-    return dict(metrics=list(metrics), reference=reference, rows=rows,
-                per_seed={spec: {str(seed): dict(metrics=r['metrics'], final_loss=r['final_loss'],
-                                                 sec_per_iter=r['sec_per_iter'],
-                                                 last_iter=r.get('last_iter'))
-                                 for seed, r in per.items()} for spec, per in runs.items()})
-
-
-def markdown_table(summary: dict, title: str = '', describe=DOC_SETTINGS) -> str:
-    metrics, ref = summary['metrics'], summary['reference']
-    primary = metrics[0] if metrics else None
-    head = ['optimizer', 'what', 'n seeds'] + [f'{m} (final)' for m in metrics] + [
-        'final train loss', 's/iter']
-    if primary:
-        head.append(f'Δ {primary} vs {ref} (paired)')
-    lines = [f'### {title}', ''] if title else []
-    lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for spec, row in summary['rows'].items():
-        name = parse_setting(spec)[0]
-        cells = [f'`{spec}`', describe.get(name, ''), str(row['n'])]
-        cells += [fmt(*row[m]) for m in metrics]
-        cells += [fmt(*row['final_loss']), fmt(*row['sec_per_iter'], digits=3)]
-        if primary:
-            if 'paired_diff' in row:
-                cells.append(f'{fmt(*row["paired_diff"], digits=3)} '
-                             f'({row["paired_wins"]}/{row["paired_n"]} seeds higher)')
-            else:
-                cells.append('reference')
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    lines += ['', 'mean ± sample standard deviation (ddof=1) over seeds; final train loss = mean '
-              'of the logged losses over the last 10 % of the iterations; s/iter = median logged '
-              'iteration time.']
-    if primary:
-        lines += ['', f'Per seed ({primary} / final train loss):', '']
-        seeds = sorted({s for per in summary['per_seed'].values() for s in per}, key=int)
-        lines += ['| optimizer | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |',
-                  '|---|' + '---|' * len(seeds)]
-        for spec, per in summary['per_seed'].items():
-            cells = []
-            for s in seeds:
-                r = per.get(s)
-                m = None if r is None else r['metrics'].get(primary)
-                cells.append('—' if r is None else
-                             f'{"n/a" if m is None else f"{m:.4g}"} / {r["final_loss"]:.4g}')
-            lines.append(f'| `{spec}` | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines) + '\n'
-
-
-def plot(runs, summary, out_png: str, title: str = '') -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    metrics = summary['metrics']
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=[1.5, 1]))
-    ax = axes[0]
-    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for k, (spec, per) in enumerate(runs.items()):
-        color = colors[k % len(colors)]
-        curves = [dict(zip(r['iters'], r['losses'])) for r in per.values() if r['iters']]
-        if not curves:
-            continue
-        common = sorted(set.intersection(*(set(c) for c in curves)))
-        arr = np.array([[c[i] for i in common] for c in curves])
-        mean = arr.mean(0)
-        ax.plot(common, mean, color=color, label=f'{spec} (n={len(curves)})')
-        if len(curves) > 1:
-            std = arr.std(0, ddof=1)
-            ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_yscale('log')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('training loss (logged window mean)')
-    ax.set_title('training loss, mean ± std over seeds', fontsize=10)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    if metrics:
-        primary = metrics[0]
-        names = list(runs)
-        for k, spec in enumerate(names):
-            vals = [r['metrics'].get(primary) for r in runs[spec].values()]
-            vals = [v for v in vals if v is not None]
-            color = colors[k % len(colors)]
-            ax.scatter([k] * len(vals), vals, color=color, alpha=0.5, s=18)
-            mean, std = summary['rows'][spec][primary]
-            if mean is not None:
-                ax.errorbar([k + 0.15], [mean], yerr=[std or 0], fmt='o', color=color,
-                            capsize=4, markersize=6)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
-        ax.set_ylabel(primary)
-        ax.set_title(f'final {primary}: seeds (dots), mean ± std', fontsize=10)
-        ax.grid(True, axis='y', alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-
-
-def write_outputs(runs, metrics, out: str, reference: Optional[str] = None, title: str = '',
-                  extra: Optional[dict] = None, make_plot: bool = True) -> dict:
-    """``<out>.md``, ``<out>.json`` and (``make_plot``) ``<out>.png``; returns the summary."""
-    summary = build_summary(runs, metrics, reference)
-    if extra:
-        summary.update(extra)
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    with open(out + '.md', 'w') as f:
-        f.write(markdown_table(summary, title))
-    with open(out + '.json', 'w') as f:
-        json.dump(summary, f, indent=1)
-    if make_plot:
-        plot(runs, summary, out + '.png', title)
-    return summary
 
 
 # -------------------------------------------------------------------------------- training
@@ -696,7 +545,8 @@ def main(argv=None):
                             extra=dict(config=args.config, iters=args.iters, seeds=args.seeds,
                                        run_seconds=seconds,
                                        total_run_seconds=round(sum(
-                                           v for v in seconds.values() if v), 1)))
+                                           v for v in seconds.values() if v), 1)),
+                            describe=DOC_SETTINGS)
     print(open(out + '.md').read())
     print(f'[compare] wrote {out}.md, {out}.png, {out}.json '
           f'({time.time() - t_all:.0f} s this invocation)')
