@@ -1,8 +1,47 @@
 import os
+import os.path as osp
+import subprocess
 
+import pytest
 import torch
+
+import e2e
 
 # Without a GPU the fused Triton kernel is tested in Triton's interpreter on CPU tensors. The
 # switch is read when the kernel is defined, so it must be set before mmfame is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
+
+
+@pytest.fixture(scope='module')
+def demo_data(tmp_path_factory):
+    from mmfame.datasets.demo import make_demo
+    root = tmp_path_factory.mktemp('demo_data')
+    return make_demo(str(root), num_train=8, num_val=2, img_size=(64, 64), seed=0)
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster(tmp_path_factory):
+    """A private single-node Slurm (tests/slurm/start.sh), stopped by pid files at teardown."""
+    mode = e2e.slurm_mode()
+    if mode not in ('install', 'installed'):
+        pytest.skip(mode)
+    state = str(tmp_path_factory.mktemp('slurm'))
+    env = e2e.tool_env(MMFAME_SLURMCTLD_PORT=e2e.free_port(), MMFAME_SLURMD_PORT=e2e.free_port(),
+                       MMFAME_SLURM_NO_INSTALL=int(mode == 'installed'))
+    try:
+        proc = subprocess.run(['bash', osp.join(e2e.SLURM_DIR, 'start.sh'), state], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        subprocess.run(['bash', osp.join(e2e.SLURM_DIR, 'stop.sh'), state])
+        pytest.fail('tests/slurm/start.sh timed out')
+    if proc.returncode == 2 and mode == 'installed':  # e.g. munge missing: install nothing
+        pytest.skip((proc.stdout.strip().splitlines() or ['Slurm cannot run here'])[-1])
+    if proc.returncode != 0:
+        subprocess.run(['bash', osp.join(e2e.SLURM_DIR, 'stop.sh'), state])
+        pytest.fail(f'tests/slurm/start.sh failed:\n{proc.stdout[-4000:]}')
+    try:
+        yield dict(SLURM_CONF=osp.join(state, 'slurm.conf'), partition='mmfame', state=state)
+    finally:
+        subprocess.run(['bash', osp.join(e2e.SLURM_DIR, 'stop.sh'), state], timeout=120)

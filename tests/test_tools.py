@@ -20,7 +20,6 @@ import glob
 import os
 import os.path as osp
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,20 +30,16 @@ pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
 
 import torch  # noqa: E402
+from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TOOL_TIMEOUT, cfg_options,  # noqa: E402
+                 free_port, run_tool, slurm_mode, tool_env)
 from mmengine.config import Config  # noqa: E402
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO, 'tools')
-PY = sys.executable
 N = 2  # iterations before the checkpoint the resume test continues from; runs go to 2N
-TOOL_TIMEOUT = 900  # seconds per tool run (generous: CI machines are slow and shared)
 
 
 # ------------------------------------------------------------------------------ helpers
 # The shipped FAME demo configs the end-to-end runs train (a missing one fails, never skips).
-DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
-SEG_CFG = osp.join(REPO, 'configs', 'demo',
-                   'segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py')
 
 
 def _need(cfg):
@@ -55,89 +50,6 @@ def _need(cfg):
 @pytest.mark.parametrize('cfg', [DET_CFG, SEG_CFG], ids=osp.basename)
 def test_demo_configs_exist(cfg):
     _need(cfg)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    # the tool scripts call `python`/`srun python`: make it this interpreter
-    env['PATH'] = osp.dirname(PY) + os.pathsep + env.get('PATH', '')
-    env['PYTHON'] = PY
-    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)  # the safe-globals path must do the work
-    env.pop('TORCH_FORCE_WEIGHTS_ONLY_LOAD', None)
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def run_tool(cmd, env=None, timeout=TOOL_TIMEOUT):
-    """Run a tool from the repository root; fail with the tail of its output if it fails."""
-    proc = subprocess.run(cmd, cwd=REPO, env=env or _env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        pytest.fail(f'{" ".join(map(str, cmd))} exited {proc.returncode}:\n'
-                    + proc.stdout[-6000:])
-    return proc.stdout
-
-
-def _pipeline_resize_options(prefix, pipeline, size):
-    """cfg-options setting the scale of every (Random)Resize/RandomCrop in a pipeline."""
-    opts = []
-    for i, t in enumerate(pipeline):
-        kind = t.get('type', '')
-        if kind in ('Resize', 'RandomResize'):
-            opts.append(f'{prefix}.{i}.scale=({size},{size})')
-            if kind == 'RandomResize':
-                opts.append(f'{prefix}.{i}.ratio_range=(1.0,1.0)')
-        elif kind == 'RandomCrop':
-            opts.append(f'{prefix}.{i}.crop_size=({size},{size})')
-    return opts
-
-
-def cfg_options(cfg_path, data, *, max_iters, ckpt_interval, size, extra=()):
-    """``--cfg-options`` that point a demo config at the tmp demo data and make the run tiny.
-
-    Derived from the config itself (pipeline indices, data_root keys), so the tests follow edits
-    of the demo configs. Data loaders without workers, batch 2, seed 0, validation at the end.
-    """
-    cfg = Config.fromfile(cfg_path, import_custom_modules=False)
-    scope = cfg.get('default_scope')
-    root = data['coco' if scope == 'mmdet' else 'ade']['data_root'].rstrip('/') + '/'
-    opts = []
-    for split in ('train', 'val', 'test'):
-        key = f'{split}_dataloader'
-        if key not in cfg:
-            continue
-        opts += [f'{key}.dataset.data_root={root}', f'{key}.num_workers=0',
-                 f'{key}.persistent_workers=False']
-        if split == 'train':
-            opts.append(f'{key}.batch_size=2')
-        else:
-            opts.append(f'{key}.batch_size=1')
-        pipeline = cfg[key].dataset.get('pipeline', [])
-        opts += _pipeline_resize_options(f'{key}.dataset.pipeline', pipeline, size)
-    for split in ('val', 'test'):
-        ev = cfg.get(f'{split}_evaluator')
-        if isinstance(ev, dict) and 'ann_file' in ev:
-            opts.append(f'{split}_evaluator.ann_file={root}annotations/'
-                        + osp.basename(ev['ann_file']))
-    if scope == 'mmdet':
-        # random init scores sit near the 0.01 prior: keep them so that mAP is computed
-        opts.append('model.test_cfg.score_thr=0.0')
-    if scope == 'mmseg' and 'data_preprocessor' in cfg.model and \
-            cfg.model.data_preprocessor.get('size') is not None:
-        opts.append(f'model.data_preprocessor.size=({size},{size})')
-    opts += [
-        f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=1000',
-        f'default_hooks.checkpoint.interval={ckpt_interval}',
-        'default_hooks.checkpoint.max_keep_ckpts=-1', 'default_hooks.logger.interval=1',
-        'randomness.seed=0'
-    ]
-    return ['--cfg-options', *opts, *extra]
 
 
 def _load(path):
@@ -203,13 +115,6 @@ def _rank_hashes(work_dir, world_size):
         assert int(ws) == world_size
         assert wrapper == 'MMDistributedDataParallel'
     return {h for _, _, h in lines}
-
-
-@pytest.fixture(scope='module')
-def demo_data(tmp_path_factory):
-    from mmfame.datasets.demo import make_demo
-    root = tmp_path_factory.mktemp('demo_data')
-    return make_demo(str(root), num_train=8, num_val=2, img_size=(64, 64), seed=0)
 
 
 @pytest.fixture(scope='module')
@@ -306,7 +211,7 @@ def test_resume_into_a_changed_model_fails_clearly(det_run, demo_data, tmp_path,
          osp.join(det_run['work_dir'], f'iter_{N}.pth')] + cfg_options(
              cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64,
              extra=[f'model.bbox_head.num_classes={num_classes}']),
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=TOOL_TIMEOUT)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert 'does not fit parameter' in proc.stdout and 'load_from=' in proc.stdout, \
@@ -355,7 +260,7 @@ def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data,
         return cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64,
                            extra=[f'default_hooks.checkpoint.max_keep_ckpts={keep}'])
 
-    env = _env(MMFAME_KILL_AT=f'iter_{2 * N}.pth',
+    env = tool_env(MMFAME_KILL_AT=f'iter_{2 * N}.pth',
                PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     proc = subprocess.run([PY, 'tools/train.py', str(tmp_path / 'killed.py'), '--work-dir', work]
                           + options(2 * N), cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -457,7 +362,7 @@ def test_upstream_mmseg_tools_resume_bit_identically_and_test(demo_data, tmp_pat
 def test_dist_train_two_processes(demo_data, hash_config, tmp_path):
     cfg, hook_dir = hash_config
     work = str(tmp_path / 'dist')
-    env = _env(PORT=_free_port(), PYTHONPATH=hook_dir + os.pathsep
+    env = tool_env(PORT=free_port(), PYTHONPATH=hook_dir + os.pathsep
                + os.environ.get('PYTHONPATH', ''))
     run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work] + cfg_options(
         cfg, demo_data, max_iters=N, ckpt_interval=N, size=64), env=env)
@@ -474,53 +379,9 @@ def test_dist_test_two_processes(det_run, demo_data, tmp_path):
                     osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'), '2',
                     '--work-dir', str(tmp_path / 'test')] + cfg_options(
                         cfg, demo_data, max_iters=1, ckpt_interval=1, size=64),
-                   env=_env(PORT=_free_port()))
+                   env=tool_env(PORT=free_port()))
     assert 'coco/bbox_mAP' in out
     assert 'Distributed launcher: pytorch' in _last_log(str(tmp_path / 'test'))
-
-
-SLURM_DIR = osp.join(REPO, 'tests', 'slurm')
-
-
-def _slurm_mode():
-    """'install' under CI=true (start.sh installs Slurm and munge if needed; not starting is a
-    failure), 'installed' where Slurm is already installed and we are root (start it, install
-    nothing), else the reason to skip: a local pytest never installs system packages."""
-    if os.environ.get('CI') == 'true':
-        return 'install'
-    root = hasattr(os, 'geteuid') and os.geteuid() == 0
-    path = os.environ.get('PATH', '') + os.pathsep + '/usr/sbin'  # where start.sh looks too
-    if root and shutil.which('slurmctld', path=path) and shutil.which('slurmd', path=path):
-        return 'installed'
-    return ('Slurm (slurmctld, slurmd) is not installed' if root else 'a private Slurm needs root'
-            ) + ', and tests/slurm/start.sh installs Slurm and munge only under CI=true'
-
-
-@pytest.fixture(scope='session')
-def slurm_cluster(tmp_path_factory):
-    """A private single-node Slurm (tests/slurm/start.sh), stopped by pid files at teardown."""
-    mode = _slurm_mode()
-    if mode not in ('install', 'installed'):
-        pytest.skip(mode)
-    state = str(tmp_path_factory.mktemp('slurm'))
-    env = _env(MMFAME_SLURMCTLD_PORT=_free_port(), MMFAME_SLURMD_PORT=_free_port(),
-               MMFAME_SLURM_NO_INSTALL=int(mode == 'installed'))
-    try:
-        proc = subprocess.run(['bash', osp.join(SLURM_DIR, 'start.sh'), state], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=900)
-    except subprocess.TimeoutExpired:
-        subprocess.run(['bash', osp.join(SLURM_DIR, 'stop.sh'), state])
-        pytest.fail('tests/slurm/start.sh timed out')
-    if proc.returncode == 2 and mode == 'installed':  # e.g. munge missing: install nothing
-        pytest.skip((proc.stdout.strip().splitlines() or ['Slurm cannot run here'])[-1])
-    if proc.returncode != 0:
-        subprocess.run(['bash', osp.join(SLURM_DIR, 'stop.sh'), state])
-        pytest.fail(f'tests/slurm/start.sh failed:\n{proc.stdout[-4000:]}')
-    try:
-        yield dict(SLURM_CONF=osp.join(state, 'slurm.conf'), partition='mmfame', state=state)
-    finally:
-        subprocess.run(['bash', osp.join(SLURM_DIR, 'stop.sh'), state], timeout=120)
 
 
 def test_slurm_is_installed_only_under_ci(monkeypatch):
@@ -531,14 +392,14 @@ def test_slurm_is_installed_only_under_ci(monkeypatch):
             monkeypatch.delenv('CI', raising=False)
         else:
             monkeypatch.setenv('CI', ci)
-        reason = _slurm_mode()
+        reason = slurm_mode()
         assert reason not in ('install', 'installed') and 'CI=true' in reason, (ci, reason)
     monkeypatch.setattr(shutil, 'which', lambda name, path=None: f'/usr/sbin/{name}')
-    assert _slurm_mode() == 'installed'
+    assert slurm_mode() == 'installed'
     monkeypatch.setattr(os, 'geteuid', lambda: 1000)
-    assert 'needs root' in _slurm_mode()
+    assert 'needs root' in slurm_mode()
     monkeypatch.setenv('CI', 'true')
-    assert _slurm_mode() == 'install'
+    assert slurm_mode() == 'install'
 
 
 SLURM_BINARIES = ('slurmctld', 'slurmd', 'srun', 'scontrol', 'sinfo', 'munged', 'munge', 'unmunge')
@@ -578,8 +439,8 @@ def test_slurm_start_with_no_install_installs_nothing(tmp_path):
 def test_slurm_train_two_tasks(slurm_cluster, demo_data, hash_config, tmp_path):
     cfg, hook_dir = hash_config
     work = str(tmp_path / 'slurm')
-    env = _env(SLURM_CONF=slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=2,
-               CPUS_PER_TASK=1, MASTER_PORT=_free_port(), OMP_NUM_THREADS=1,
+    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=2,
+               CPUS_PER_TASK=1, MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
                PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
     for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
         del env[k]  # never inherit an outer allocation
@@ -638,7 +499,7 @@ def test_runner_checkpoint_loads_weights_only(det_run):
     if TORCH_VERSION < (2, 6):
         pytest.skip('torch < 2.6 does not load with weights_only=True by default')
     path = osp.join(det_run['work_dir'], f'iter_{N}.pth')
-    proc = subprocess.run([PY, '-c', CHECK_SAFE_GLOBALS, path], env=_env(), cwd=REPO,
+    proc = subprocess.run([PY, '-c', CHECK_SAFE_GLOBALS, path], env=tool_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -738,7 +599,7 @@ print('OK')
 @pytest.mark.skipif(torch.cuda.is_available(), reason=NO_CUDA_ONLY)
 def test_init_dist_and_ddp_on_cpu():
     """In a subprocess: init_dist would set the start method and a process group here."""
-    proc = subprocess.run([PY, '-c', INIT_DIST_CPU, str(_free_port())], env=_env(), cwd=REPO,
+    proc = subprocess.run([PY, '-c', INIT_DIST_CPU, str(free_port())], env=tool_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=300)
     assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stdout[-4000:]

@@ -1,0 +1,116 @@
+"""Reading what an mmengine Runner leaves in a work dir: logged scalars, test results, checkpoints.
+
+A Runner writes each start into ``<work_dir>/<YYYYmmdd_HHMMSS>/`` (``<stamp>.log`` and
+``vis_data/scalars.json``, one JSON record per logging interval or validation) and the checkpoints
+beside them (``last_checkpoint`` names the newest).
+"""
+import glob
+import json
+import os.path as osp
+from typing import Dict, List, Optional, Sequence
+
+STAMP_GLOB = '[0-9]' * 8 + '_' + '[0-9]' * 6
+# Primary metric first, per task: detection, segmentation, instance masks, classification.
+KNOWN_METRICS = (('coco/bbox_mAP', 'coco/bbox_mAP_50'), ('mIoU', 'mAcc'),
+                 ('coco/segm_mAP', 'coco/segm_mAP_50'), ('accuracy/top1', ))
+
+
+def stamp_dirs(work_dir: str, must_have: str = '') -> List[str]:
+    """The Runner's ``<work_dir>/<timestamp>`` folders holding ``must_have``, oldest first."""
+    return sorted(d for d in glob.glob(osp.join(work_dir, STAMP_GLOB))
+                  if not must_have or glob.glob(osp.join(d, must_have)))
+
+
+def read_scalars(path: str) -> List[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def newest_scalars(work_dir: str) -> Optional[str]:
+    found = stamp_dirs(work_dir, osp.join('vis_data', 'scalars.json'))
+    return osp.join(found[-1], 'vis_data', 'scalars.json') if found else None
+
+
+def all_scalars(work_dir: str) -> List[dict]:
+    """The records of every start of a run in order; a resumed start repeats no iteration, so
+    later records win where two starts logged the same step."""
+    records = []
+    for d in stamp_dirs(work_dir, osp.join('vis_data', 'scalars.json')):
+        records.extend(read_scalars(osp.join(d, 'vis_data', 'scalars.json')))
+    return records
+
+
+def detect_metrics(records: Sequence[dict]) -> List[str]:
+    """The metric keys of the first known task whose primary metric was logged."""
+    keys = set().union(*(r.keys() for r in records)) if records else set()
+    for group in KNOWN_METRICS:
+        if group[0] in keys:
+            return [k for k in group if k in keys]
+    return []
+
+
+def metric_curve(records: Sequence[dict], key: str) -> List[list]:
+    """``[[step, value], ...]`` of a validation metric; the step is the record's ``step`` (the
+    epoch for epoch-based loops, the iteration otherwise); a repeated step keeps its last value."""
+    points = {}
+    for r in records:
+        if key in r:
+            points[r.get('step', r.get('iter', len(points)))] = r[key]
+    return [[s, v] for s, v in sorted(points.items())]
+
+
+def summarize_run(records: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """Loss curve, final loss (mean of the logged losses over the last 10 % of the iterations),
+    median seconds/iteration and the last value of each metric."""
+    train = [r for r in records if 'loss' in r and 'iter' in r]
+    iters = [r['iter'] for r in train]
+    losses = [r['loss'] for r in train]
+    out = dict(iters=iters, losses=losses, final_loss=None, sec_per_iter=None, metrics={})
+    if train:
+        last = max(iters)
+        tail = [l for i, l in zip(iters, losses) if i > 0.9 * last] or losses[-1:]
+        out['final_loss'] = sum(tail) / len(tail)
+        times = sorted(r['time'] for r in train if 'time' in r)
+        if times:
+            out['sec_per_iter'] = times[len(times) // 2]
+        out['last_iter'] = last
+    for key in metrics:
+        values = [r[key] for r in records if key in r]
+        out['metrics'][key] = values[-1] if values else None
+    return out
+
+
+def last_logged_iter(work_dir: str) -> Optional[int]:
+    """The highest training iteration any start of the run logged."""
+    its = [r['iter'] for r in all_scalars(work_dir) if 'iter' in r and 'loss' in r]
+    return max(its) if its else None
+
+
+def latest_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``last_checkpoint`` names (what ``--resume`` continues from), if it exists."""
+    try:
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            path = f.read().strip()
+    except OSError:
+        return None
+    if path and not osp.isabs(path):
+        path = osp.join(work_dir, osp.basename(path))
+    return path if path and osp.exists(path) else None
+
+
+def test_metrics(test_dir: str) -> Dict[str, float]:
+    """The metrics ``tools/test.py --work-dir test_dir`` wrote (``<timestamp>/<timestamp>.json``)."""
+    found = stamp_dirs(test_dir, '*.json')
+    if not found:
+        raise FileNotFoundError(f'no test results in {test_dir}')
+    with open(sorted(glob.glob(osp.join(found[-1], '*.json')))[0]) as f:
+        return json.load(f)
+
+
+def tail(path: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file ('' if it does not exist)."""
+    try:
+        with open(path, errors='replace') as f:
+            return ''.join(f.readlines()[-lines:])
+    except OSError:
+        return ''

@@ -1,0 +1,374 @@
+"""A matrix of runs (configs x settings x seeds) in one work dir: writing, launching, resuming and
+reading back each run.
+
+Layout: ``<work_dir>/matrix.json`` (what the matrix is) and one folder per run,
+``<work_dir>/<config stem>/<setting>/seed_<S>/``, holding
+
+* ``config.py``: the run's child config (:func:`mmfame.experiments.configs.child_config_text`);
+* ``job.json``: the last launch (launcher, command, host, pid, start, end and exit status);
+* ``done.json``: written once training exited 0; a run holding it is never launched again;
+* ``launch.log``: what every launch printed; the Runner's own files (checkpoints,
+  ``<timestamp>/vis_data/scalars.json``) as ``tools/train.py --work-dir`` leaves them.
+
+Every launch passes ``--resume``: mmengine continues from the checkpoint ``last_checkpoint`` names,
+or starts from scratch where there is none, so an interrupted or preempted run loses at most one
+checkpoint interval.
+"""
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from . import logs
+from .configs import (REPO, child_config_text, config_stem, load_config, optimizer_cfg,
+                      parse_setting, run_name)
+
+STATES = ('pending', 'running', 'finished', 'interrupted', 'failed')
+LAUNCHERS = ('local', 'dist', 'slurm')
+DATASETS = {'mmdet': 'coco', 'mmseg': 'ade20k'}  # default_scope -> the --data-root key
+
+
+@dataclass(frozen=True)
+class Run:
+    config: str  # repository-relative shipped config
+    setting: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f'{config_stem(self.config)}/{run_name(self.setting)}/seed_{self.seed}'
+
+    @property
+    def job_name(self) -> str:
+        return f'{config_stem(self.config)}.{run_name(self.setting)}.s{self.seed}'
+
+
+@dataclass
+class Matrix:
+    """What a work dir trains: every config with every setting and seed, with one budget."""
+    configs: List[str]
+    settings: List[str]
+    seeds: List[int]
+    quick: Optional[int] = None  # iteration budget of a smoke run; None: the configs' schedules
+    cfg_options: List[str] = field(default_factory=list)  # passed to every run's train.py
+    data_roots: Dict[str, str] = field(default_factory=dict)  # 'coco'/'ade20k' -> dataset root
+
+    def __post_init__(self):
+        for spec in self.settings:
+            parse_setting(spec)
+        unknown = set(self.data_roots) - set(DATASETS.values())
+        if unknown:
+            raise ValueError(f'--data-root takes {" and ".join(DATASETS.values())}=PATH, got '
+                             f'{", ".join(sorted(unknown))}')
+        if self.quick is not None and self.quick < 1:
+            raise ValueError(f'--quick must be a positive number of iterations, got {self.quick}')
+
+    @property
+    def runs(self) -> List[Run]:
+        seen, out = set(), []
+        for config in self.configs:
+            for setting in self.settings:
+                for seed in self.seeds:
+                    run = Run(config, setting, seed)
+                    if run.key not in seen:  # aliases (tema = fame) share their runs
+                        seen.add(run.key)
+                        out.append(run)
+        return out
+
+    def bind(self, work_dir: str) -> None:
+        """Record the matrix in ``work_dir``, or refuse one that holds another matrix's runs."""
+        path = osp.join(work_dir, 'matrix.json')
+        mine = asdict(self)
+        if osp.exists(path):
+            with open(path) as f:
+                theirs = json.load(f)
+            if theirs != mine:
+                diff = ', '.join(f'{k}: {theirs.get(k)!r} there, {v!r} now'
+                                 for k, v in mine.items() if theirs.get(k) != v)
+                raise ValueError(
+                    f'{work_dir} holds runs of another matrix ({diff}). Rerun with the arguments '
+                    'that started it to continue it, or choose another --work-dir.')
+            return
+        os.makedirs(work_dir, exist_ok=True)
+        _write_json(path, mine)
+
+    @classmethod
+    def load(cls, work_dir: str) -> 'Matrix':
+        path = osp.join(work_dir, 'matrix.json')
+        if not osp.exists(path):
+            raise ValueError(f'{work_dir} holds no matrix of runs (no matrix.json): start one with '
+                             '`tools/reproduce.py launch`')
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+# ------------------------------------------------------------------------- writing a run
+def child_text(run: Run, matrix: Matrix) -> str:
+    """The child config of a run: the shipped config (``fame``), its upstream base unchanged
+    (``baseline``) or the shipped config with the setting's optimizer; with the quick budget."""
+    name = parse_setting(run.setting)[0]
+    shipped = osp.join(REPO, run.config)
+    if name == 'baseline':
+        from .upstream import upstream_base
+        base = upstream_base(shipped)
+        if base is None:
+            raise ValueError(f'{run.config} names no mmdet::/mmseg:: base: it has no baseline')
+    else:
+        base = shipped
+    base_cfg = load_config(base)
+    optimizer = None
+    if name not in ('fame', 'baseline'):
+        optimizer = optimizer_cfg(run.setting, dict(base_cfg.optim_wrapper.get('optimizer', {})))
+    quick = matrix.quick
+    return child_config_text(
+        base, base_cfg, optimizer=optimizer, iters=quick,
+        checkpoint_interval=None if quick is None else max(1, quick // 4),
+        data_root=matrix.data_roots.get(DATASETS.get(base_cfg.get('default_scope'))),
+        imports=name != 'baseline', written_by='tools/reproduce.py')
+
+
+def run_dir(work_dir: str, run: Run) -> str:
+    return osp.join(work_dir, run.key)
+
+
+def prepare(work_dir: str, run: Run, matrix: Matrix) -> str:
+    """Write the run's folder and child config; returns the child config's path."""
+    d = run_dir(work_dir, run)
+    os.makedirs(d, exist_ok=True)
+    path = osp.join(d, 'config.py')
+    text = child_text(run, matrix)
+    if osp.exists(path):
+        with open(path) as f:
+            if f.read() != text:  # e.g. the shipped config was edited under a started run
+                raise ValueError(f'{path} differs from the config this matrix would write now; '
+                                 'continue with the config it started with or use another '
+                                 '--work-dir')
+    else:
+        with open(path, 'w') as f:
+            f.write(text)
+    return path
+
+
+# ------------------------------------------------------------------------ reading a run
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def state(d: str) -> str:
+    """pending, running, finished, interrupted (stopped with a checkpoint to resume) or failed."""
+    if osp.exists(osp.join(d, 'done.json')):
+        return 'finished'
+    job = _read_json(osp.join(d, 'job.json'))
+    if job is None:
+        return 'interrupted' if logs.latest_checkpoint(d) else 'pending'
+    if 'returncode' not in job and (job.get('host') != socket.gethostname() or
+                                    _alive(job['pid'])):
+        return 'running'
+    return 'interrupted' if logs.latest_checkpoint(d) else 'failed'
+
+
+def describe(work_dir: str, run: Run) -> dict:
+    """What gather and status show of a run: state, progress, final metrics, metric curves."""
+    d = run_dir(work_dir, run)
+    records = logs.all_scalars(d)
+    keys = [g[0] for g in logs.KNOWN_METRICS if any(g[0] in r for r in records)]
+    st = state(d)
+    done = _read_json(osp.join(d, 'done.json')) or {}
+    return dict(
+        config=run.config, setting=run.setting, seed=run.seed, state=st, key=run.key,
+        metrics={k: done.get('metrics', {}).get(k) for k in keys} if st == 'finished' else {},
+        curve={k: logs.metric_curve(records, k) for k in keys},
+        step_unit='epoch' if any('epoch' in r for r in records if 'loss' in r) else 'iter',
+        last_iter=max((r['iter'] for r in records if 'iter' in r and 'loss' in r), default=None),
+        checkpoint=logs.latest_checkpoint(d), work_dir=d,
+        log_tail=logs.tail(osp.join(d, 'launch.log')) if st in ('failed', 'interrupted') else '')
+
+
+def final_metrics(d: str) -> dict:
+    """The metrics of the last validation of every known task's keys."""
+    records = logs.all_scalars(d)
+    out = {}
+    for group in logs.KNOWN_METRICS:
+        for key in group:
+            values = [r[key] for r in records if key in r]
+            if values:
+                out[key] = values[-1]
+    return out
+
+
+# --------------------------------------------------------------------------- launching
+@dataclass
+class Launcher:
+    """How a run is started: ``local`` (tools/train.py), ``dist`` (tools/dist_train.sh with
+    ``gpus`` processes) or ``slurm`` (tools/slurm_train.sh on ``partition``; ``gpus``,
+    ``gpus_per_node``, ``cpus_per_task`` and ``srun_args`` as that script takes them)."""
+    kind: str = 'local'
+    partition: Optional[str] = None
+    gpus: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    srun_args: Optional[str] = None
+    python: str = sys.executable
+
+    def __post_init__(self):
+        if self.kind not in LAUNCHERS:
+            raise ValueError(f'unknown launcher {self.kind!r}; use one of {", ".join(LAUNCHERS)}')
+        if self.kind == 'slurm' and not self.partition:
+            raise ValueError('--launcher slurm needs --partition (the Slurm partition to run on)')
+
+    def command(self, run: Run, child: str, d: str, cfg_options: Sequence[str], port: int):
+        """(argv, extra environment) of one launch; always ``--resume``."""
+        tail = ['--resume', '--cfg-options', f'randomness.seed={run.seed}', *cfg_options]
+        env = dict(PYTHON=self.python)
+        if self.kind == 'local':
+            return [self.python, osp.join(REPO, 'tools', 'train.py'), child, '--work-dir', d,
+                    *tail], env
+        if self.kind == 'dist':
+            env['PORT'] = str(port)
+            return ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), child, str(self.gpus or 1),
+                    '--work-dir', d, *tail], env
+        for name, value in (('GPUS', self.gpus), ('GPUS_PER_NODE', self.gpus_per_node),
+                            ('CPUS_PER_TASK', self.cpus_per_task), ('SRUN_ARGS', self.srun_args)):
+            if value is not None:
+                env[name] = str(value)
+        return ['bash', osp.join(REPO, 'tools', 'slurm_train.sh'), self.partition, run.job_name,
+                child, d, *tail], env
+
+    def check(self) -> None:
+        """Fail before launching anything where Slurm rejects the partition (its own words)."""
+        if self.kind != 'slurm':
+            return
+        try:
+            proc = subprocess.run(['scontrol', 'show', 'partition', self.partition],
+                                  capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            raise RuntimeError('--launcher slurm: scontrol is not on PATH (no Slurm client here)')
+        if proc.returncode != 0:
+            raise RuntimeError(f'Slurm rejects partition {self.partition!r}: '
+                               f'{(proc.stderr or proc.stdout).strip()}')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _child_env(extra: Dict[str, str]) -> Dict[str, str]:
+    """This process's environment with ``extra``, the repository first on PYTHONPATH (children
+    import mmfame and the configs' custom_imports from this checkout)."""
+    env = dict(os.environ)
+    env.update(extra)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [REPO] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    return env
+
+
+class _Job:
+    def __init__(self, run: Run, d: str, argv: List[str], env: Dict[str, str], attempt: int):
+        self.run, self.dir, self.attempt, self.start = run, d, attempt, time.time()
+        self.log = open(osp.join(d, 'launch.log'), 'a')
+        self.log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} attempt {attempt}: '
+                       f'{" ".join(argv)}\n')
+        self.log.flush()
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=_child_env(env), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self.job = dict(argv=argv, env=env, host=socket.gethostname(), pid=self.proc.pid,
+                        started=self.start, attempt=attempt)
+        _write_json(osp.join(d, 'job.json'), self.job)
+
+    def finish(self) -> int:
+        rc = self.proc.returncode
+        self.log.close()
+        seconds = round(time.time() - self.start, 1)
+        self.job.update(returncode=rc, ended=time.time(), seconds=seconds)
+        _write_json(osp.join(self.dir, 'job.json'), self.job)
+        if rc == 0:
+            _write_json(osp.join(self.dir, 'done.json'),
+                        dict(returncode=0, seconds=seconds, metrics=final_metrics(self.dir),
+                             last_iter=logs.last_logged_iter(self.dir)))
+        return rc
+
+
+def launch(matrix: Matrix, work_dir: str, launcher: Launcher, max_jobs: int = 1,
+           retries: int = 0, echo=print) -> Dict[str, str]:
+    """Train every run of the matrix that is not finished or running, ``max_jobs`` at a time;
+    a run that stops with a checkpoint is relaunched (resumed) up to ``retries`` times. Returns
+    {run key: state} of every run afterwards."""
+    work_dir = osp.abspath(work_dir)
+    matrix.bind(work_dir)
+    launcher.check()
+    queue = []
+    for run in matrix.runs:
+        d = run_dir(work_dir, run)
+        st = state(d)
+        if st in ('finished', 'running'):
+            echo(f'[reproduce] {run.key}: {st}, left alone')
+            continue
+        queue.append((run, prepare(work_dir, run, matrix), 0))
+    active: List[_Job] = []
+    while queue or active:
+        while queue and len(active) < max(1, max_jobs):
+            run, child, attempt = queue.pop(0)
+            d = run_dir(work_dir, run)
+            argv, env = launcher.command(run, child, d, matrix.cfg_options, _free_port())
+            resumed = logs.latest_checkpoint(d)
+            echo(f'[reproduce] {run.key}: ' + (f'resuming from {osp.basename(resumed)}'
+                                               if resumed else 'starting'))
+            active.append(_Job(run, d, argv, env, attempt))
+        time.sleep(1)
+        for job in [j for j in active if j.proc.poll() is not None]:
+            active.remove(job)
+            rc = job.finish()
+            st = state(job.dir)
+            echo(f'[reproduce] {job.run.key}: {st} (exit {rc}, {job.job["seconds"]:.0f} s)')
+            if st == 'interrupted' and job.attempt < retries:
+                queue.append((job.run, osp.join(job.dir, 'config.py'), job.attempt + 1))
+    return {run.key: state(run_dir(work_dir, run)) for run in matrix.runs}
+
+
+def evaluate(work_dir: str, run: Run, python: str = sys.executable) -> dict:
+    """Test a run's latest checkpoint with ``tools/test.py`` on its own child config (output in
+    ``<run dir>/test.log``, results in ``<run dir>/test``); returns the metrics it wrote."""
+    d = run_dir(osp.abspath(work_dir), run)
+    checkpoint = logs.latest_checkpoint(d)
+    if checkpoint is None:
+        raise RuntimeError(f'{run.key}: no checkpoint to test in {d}')
+    test_dir, log_path = osp.join(d, 'test'), osp.join(d, 'test.log')
+    argv = [python, osp.join(REPO, 'tools', 'test.py'), osp.join(d, 'config.py'), checkpoint,
+            '--work-dir', test_dir]
+    with open(log_path, 'w') as log:
+        log.write(' '.join(argv) + '\n\n')
+        log.flush()
+        rc = subprocess.run(argv, cwd=REPO, env=_child_env({}), stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f'{run.key}: tools/test.py exited {rc} (full log {log_path}):\n'
+                           + logs.tail(log_path))
+    return logs.test_metrics(test_dir)

@@ -1,0 +1,119 @@
+"""Shared pieces of the end-to-end tests of tools/ (test_tools.py, test_reproduce.py): the
+interpreter and environment the tool scripts run with, tiny-run ``--cfg-options`` for the demo
+configs, and how the private Slurm of tests/slurm is started (the fixtures are in conftest.py)."""
+import os
+import os.path as osp
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PY = sys.executable
+TOOL_TIMEOUT = 900  # seconds per tool run (generous: CI machines are slow and shared)
+SLURM_DIR = osp.join(REPO, 'tests', 'slurm')
+DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
+SEG_CFG = osp.join(REPO, 'configs', 'demo',
+                   'segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def tool_env(**extra):
+    """The environment the tool scripts run in: this interpreter as `python`, no inherited
+    weights_only overrides."""
+    env = dict(os.environ)
+    # the tool scripts call `python`/`srun python`: make it this interpreter
+    env['PATH'] = osp.dirname(PY) + os.pathsep + env.get('PATH', '')
+    env['PYTHON'] = PY
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)  # the safe-globals path must do the work
+    env.pop('TORCH_FORCE_WEIGHTS_ONLY_LOAD', None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_tool(cmd, env=None, timeout=TOOL_TIMEOUT):
+    """Run a tool from the repository root; fail with the tail of its output if it fails."""
+    proc = subprocess.run(cmd, cwd=REPO, env=env or tool_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f'{" ".join(map(str, cmd))} exited {proc.returncode}:\n'
+                    + proc.stdout[-6000:])
+    return proc.stdout
+
+
+def pipeline_resize_options(prefix, pipeline, size):
+    """cfg-options setting the scale of every (Random)Resize/RandomCrop in a pipeline."""
+    opts = []
+    for i, t in enumerate(pipeline):
+        kind = t.get('type', '')
+        if kind in ('Resize', 'RandomResize'):
+            opts.append(f'{prefix}.{i}.scale=({size},{size})')
+            if kind == 'RandomResize':
+                opts.append(f'{prefix}.{i}.ratio_range=(1.0,1.0)')
+        elif kind == 'RandomCrop':
+            opts.append(f'{prefix}.{i}.crop_size=({size},{size})')
+    return opts
+
+
+def cfg_options(cfg_path, data, *, max_iters, ckpt_interval, size, extra=()):
+    """``--cfg-options`` that point a demo config at the tmp demo data and make the run tiny.
+
+    Derived from the config itself (pipeline indices, data_root keys), so the tests follow edits
+    of the demo configs. Data loaders without workers, batch 2, seed 0, validation at the end.
+    """
+    from mmengine.config import Config
+    cfg = Config.fromfile(cfg_path, import_custom_modules=False)
+    scope = cfg.get('default_scope')
+    root = data['coco' if scope == 'mmdet' else 'ade']['data_root'].rstrip('/') + '/'
+    opts = []
+    for split in ('train', 'val', 'test'):
+        key = f'{split}_dataloader'
+        if key not in cfg:
+            continue
+        opts += [f'{key}.dataset.data_root={root}', f'{key}.num_workers=0',
+                 f'{key}.persistent_workers=False']
+        if split == 'train':
+            opts.append(f'{key}.batch_size=2')
+        else:
+            opts.append(f'{key}.batch_size=1')
+        pipeline = cfg[key].dataset.get('pipeline', [])
+        opts += pipeline_resize_options(f'{key}.dataset.pipeline', pipeline, size)
+    for split in ('val', 'test'):
+        ev = cfg.get(f'{split}_evaluator')
+        if isinstance(ev, dict) and 'ann_file' in ev:
+            opts.append(f'{split}_evaluator.ann_file={root}annotations/'
+                        + osp.basename(ev['ann_file']))
+    if scope == 'mmdet':
+        # random init scores sit near the 0.01 prior: keep them so that mAP is computed
+        opts.append('model.test_cfg.score_thr=0.0')
+    if scope == 'mmseg' and 'data_preprocessor' in cfg.model and \
+            cfg.model.data_preprocessor.get('size') is not None:
+        opts.append(f'model.data_preprocessor.size=({size},{size})')
+    opts += [
+        f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=1000',
+        f'default_hooks.checkpoint.interval={ckpt_interval}',
+        'default_hooks.checkpoint.max_keep_ckpts=-1', 'default_hooks.logger.interval=1',
+        'randomness.seed=0'
+    ]
+    return ['--cfg-options', *opts, *extra]
+
+
+def slurm_mode():
+    """'install' under CI=true (start.sh installs Slurm and munge if needed; not starting is a
+    failure), 'installed' where Slurm is already installed and we are root (start it, install
+    nothing), else the reason to skip: a local pytest never installs system packages."""
+    if os.environ.get('CI') == 'true':
+        return 'install'
+    root = hasattr(os, 'geteuid') and os.geteuid() == 0
+    path = os.environ.get('PATH', '') + os.pathsep + '/usr/sbin'  # where start.sh looks too
+    if root and shutil.which('slurmctld', path=path) and shutil.which('slurmd', path=path):
+        return 'installed'
+    return ('Slurm (slurmctld, slurmd) is not installed' if root else 'a private Slurm needs root'
+            ) + ', and tests/slurm/start.sh installs Slurm and munge only under CI=true'
