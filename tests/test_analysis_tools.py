@@ -1,5 +1,6 @@
-"""tools/analysis_tools/lag_demo.py and compare_optimizers.py: estimators, the tool-private
-cascade optimizer, the child configs of the named settings and the summary tables."""
+"""tools/analysis_tools/lag_demo.py and compare_optimizers.py: estimators, the ablation cascade
+optimizer (mmfame.experiments.ablation), the child configs of the named settings and the summary
+tables."""
 import importlib
 import json
 import math
@@ -17,6 +18,9 @@ if ANALYSIS not in sys.path:
     sys.path.insert(0, ANALYSIS)
 
 co = importlib.import_module('compare_optimizers')
+ablation = importlib.import_module('mmfame.experiments.ablation')
+ex = importlib.import_module('mmfame.experiments.configs')
+runs = importlib.import_module('mmfame.experiments.runs')
 lag = importlib.import_module('lag_demo')
 
 DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
@@ -124,8 +128,8 @@ def _run(opt_factory, steps=15, seed=0):
 @pytest.mark.parametrize('decoupled', [True, False])
 def test_qema_with_zero_higher_decays_is_adam(decoupled):
     # 4*m1 - 6*m2 + 4*m3 - m4 with m2 = m3 = m4 = m1 is m1: Adam / AdamW.
-    assert co.cascade_coeffs(4) == [4, -6, 4, -1]
-    q = _run(lambda ps: co.CascadeAdam(ps, lr=1e-2, decays=(0.0, 0.0, 0.0), weight_decay=0.1,
+    assert ablation.cascade_coeffs(4) == [4, -6, 4, -1]
+    q = _run(lambda ps: ablation.CascadeAdam(ps, lr=1e-2, decays=(0.0, 0.0, 0.0), weight_decay=0.1,
                                        decoupled_weight_decay=decoupled))
     ref_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     ref = _run(lambda ps: ref_cls(ps, lr=1e-2, weight_decay=0.1))
@@ -134,7 +138,7 @@ def test_qema_with_zero_higher_decays_is_adam(decoupled):
 
 def test_cascade_with_fame_decays_is_fame_and_dema_is_its_formula():
     from mmfame import FAME
-    t = _run(lambda ps: co.CascadeAdam(ps, lr=1e-2, decays=(0.3, 0.7), weight_decay=0.05))
+    t = _run(lambda ps: ablation.CascadeAdam(ps, lr=1e-2, decays=(0.3, 0.7), weight_decay=0.05))
     f = _run(lambda ps: FAME(ps, lr=1e-2, weight_decay=0.05, foreach=False))
     torch.testing.assert_close(t, f, rtol=1e-12, atol=1e-12)
     # DEMA by hand, two steps: first moment 2*m1 - m2, m2 = EMA_0.3(m1).
@@ -142,7 +146,7 @@ def test_cascade_with_fame_decays_is_fame_and_dema_is_its_formula():
     g1, g2 = torch.tensor([0.5, 1.0], dtype=torch.float64), torch.tensor([-1.0, 3.0],
                                                                           dtype=torch.float64)
     p = torch.nn.Parameter(p0.clone())
-    opt = co.CascadeAdam([p], lr=0.1, decays=(0.3, ), eps=0.0)
+    opt = ablation.CascadeAdam([p], lr=0.1, decays=(0.3, ), eps=0.0)
     x = p0.clone()
     m1 = m2 = v = torch.zeros(2, dtype=torch.float64)
     for step, g in enumerate((g1, g2), 1):
@@ -154,15 +158,15 @@ def test_cascade_with_fame_decays_is_fame_and_dema_is_its_formula():
         x = x - 0.1 / (1 - 0.9**step) * (2 * m1 - m2) / (v.sqrt() / math.sqrt(1 - 0.999**step))
         torch.testing.assert_close(p.detach(), x, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError):
-        co.CascadeAdam([p], decays=(0.3, ), coeffs=(1.0, ))
+        ablation.CascadeAdam([p], decays=(0.3, ), coeffs=(1.0, ))
 
 
 def test_private_optimizer_registered_under_private_name_only():
     from mmengine.registry import OPTIMIZERS
 
     import mmfame
-    assert OPTIMIZERS.get(co.PRIVATE_NAME) is co.CascadeAdam
-    assert co.PRIVATE_NAME.startswith('_')
+    assert OPTIMIZERS.get(ablation.PRIVATE_NAME) is ablation.CascadeAdam
+    assert ablation.PRIVATE_NAME.startswith('_')
     assert 'CascadeAdam' not in mmfame.__all__ and not hasattr(mmfame, 'CascadeAdam')
     for public in ('DEMA', 'QEMA', 'CascadeAdam'):
         assert OPTIMIZERS.get(public) is None
@@ -181,9 +185,10 @@ def seg_children(tmp_path_factory):
     out = tmp_path_factory.mktemp('children')
     children = {}
     for spec in SETTINGS:
-        opt = co.optimizer_cfg(spec, dict(base.optim_wrapper.optimizer), sgd_lr=0.01)
-        path = out / f'{co.run_name(spec)}.py'
-        path.write_text(co.child_config_text(SEG_CFG, opt, base, 60, data_root='/data/x'))
+        opt = ex.optimizer_cfg(spec, dict(base.optim_wrapper.optimizer), sgd_lr=0.01)
+        path = out / f'{ex.run_name(spec)}.py'
+        path.write_text(ex.child_config_text(SEG_CFG, base, optimizer=opt, iters=60,
+                                             checkpoint_interval=0, data_root='/data/x'))
         children[spec] = Config.fromfile(str(path), import_custom_modules=False)
     return base, children
 
@@ -201,9 +206,9 @@ def test_child_configs_replace_only_the_optimizer(seg_children):
         'adam': dict(type='Adam', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
         'ema': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd, beta3=0.0,
                     beta4=0.0),
-        'dema': dict(type=co.PRIVATE_NAME, lr=lr, betas=(0.9, 0.999), weight_decay=wd,
+        'dema': dict(type=ablation.PRIVATE_NAME, lr=lr, betas=(0.9, 0.999), weight_decay=wd,
                      decays=(0.3, )),
-        'qema': dict(type=co.PRIVATE_NAME, lr=lr, betas=(0.9, 0.999), weight_decay=wd,
+        'qema': dict(type=ablation.PRIVATE_NAME, lr=lr, betas=(0.9, 0.999), weight_decay=wd,
                      decays=(0.3, 0.7, 0.7)),
         # _delete_ drops the base's betas: SGD would reject them
         'sgd': dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4),
@@ -226,8 +231,9 @@ def test_child_configs_replace_only_the_optimizer(seg_children):
         assert not cfg.default_hooks.checkpoint.save_last
         assert cfg.train_dataloader.dataset.data_root == '/data/x/'
         assert cfg.train_dataloader.dataset.pipeline == base.train_dataloader.dataset.pipeline
-        assert cfg.custom_imports.imports == ['mmfame', co.MODULE_NAME]
-    assert co.run_name('tema') == co.run_name('fame') == 'fame'
+        private = opt['type'] == ablation.PRIVATE_NAME
+        assert cfg.custom_imports.imports == ['mmfame'] + ['mmfame.experiments.ablation'] * private
+    assert ex.run_name('tema') == ex.run_name('fame') == 'fame'
 
 
 def test_child_optimizers_build_through_mmengine(seg_children):
@@ -239,7 +245,7 @@ def test_child_optimizers_build_through_mmengine(seg_children):
     model.add_module('backbone', torch.nn.Linear(4, 4))
     model.add_module('head', torch.nn.Linear(4, 2))
     types = dict(sgd=torch.optim.SGD, adam=torch.optim.Adam, adamw=torch.optim.AdamW,
-                 fame=mmfame.FAME, dema=co.CascadeAdam, qema=co.CascadeAdam)
+                 fame=mmfame.FAME, dema=ablation.CascadeAdam, qema=ablation.CascadeAdam)
     for spec, cls in types.items():
         wrapper = build_optim_wrapper(model, children[spec].optim_wrapper)
         assert type(wrapper.optimizer) is cls, spec
@@ -256,8 +262,8 @@ def test_detection_child_keeps_its_decay_rules():
     pytest.importorskip('mmdet')
     from mmengine.config import Config
     base = Config.fromfile(DET_CFG, import_custom_modules=False)
-    opt = co.optimizer_cfg('sgd', dict(base.optim_wrapper.optimizer), sgd_lr=0.005)
-    text = co.child_config_text(DET_CFG, opt, base, 30, data_root='/d/coco')
+    opt = ex.optimizer_cfg('sgd', dict(base.optim_wrapper.optimizer), sgd_lr=0.005)
+    text = ex.child_config_text(DET_CFG, base, optimizer=opt, iters=30, data_root='/d/coco')
     path = osp.join(os.environ.get('TMPDIR', '/tmp'), f'_co_det_child_{os.getpid()}.py')
     with open(path, 'w') as f:
         f.write(text)
@@ -273,24 +279,28 @@ def test_detection_child_keeps_its_decay_rules():
 
 
 def test_setting_parsing_and_errors():
-    assert co.parse_setting('fame:beta3=0.5:beta4=0.5') == ('fame', dict(beta3=0.5, beta4=0.5))
-    with pytest.raises(ValueError, match='unknown optimizer setting'):
-        co.parse_setting('lion')
+    assert ex.parse_setting('fame:beta3=0.5:beta4=0.5') == ('fame', dict(beta3=0.5, beta4=0.5))
+    with pytest.raises(ValueError, match='unknown setting'):
+        ex.parse_setting('lion')
     with pytest.raises(ValueError, match='key=value'):
-        co.parse_setting('sgd:0.1')
-    opt = co.optimizer_cfg('adamw', dict(type='FAME', lr=1e-3, weight_decay=0.05), lr=3e-4)
+        ex.parse_setting('sgd:0.1')
+    opt = ex.optimizer_cfg('adamw', dict(type='FAME', lr=1e-3, weight_decay=0.05), lr=3e-4)
     assert opt == dict(_delete_=True, type='AdamW', lr=3e-4, weight_decay=0.05)
 
 
 # ------------------------------------------------------------------------------ summaries
-def _fake_run(work_dir, spec, seed, losses, metrics, metric_step=0):
-    d = osp.join(work_dir, co.run_name(spec), f'seed_{seed}', '20250101_000000', 'vis_data')
+def _fake_run(work_dir, spec, seed, losses, metrics, metric_step=0, config=DET_CFG):
+    """A finished run in the engine's layout: logged scalars and done.json."""
+    run = runs.run_dir(work_dir, runs.Run(osp.relpath(config, REPO), spec, seed))
+    d = osp.join(run, '20250101_000000', 'vis_data')
     os.makedirs(d)
     with open(osp.join(d, 'scalars.json'), 'w') as f:
         for it, loss in losses:
             f.write(json.dumps(dict(lr=1e-3, loss=loss, time=0.25 + seed * 0.01, iter=it,
                                     step=it)) + '\n')
         f.write(json.dumps(dict(**metrics, time=0.1, step=metric_step)) + '\n')
+    with open(osp.join(run, 'done.json'), 'w') as f:
+        json.dump(dict(returncode=0, seconds=1.0), f)
 
 
 def test_summary_from_scalars_has_mean_std_and_paired_differences(tmp_path):
@@ -301,11 +311,12 @@ def test_summary_from_scalars_has_mean_std_and_paired_differences(tmp_path):
             losses = [(it, 2.0 - it / 100) for it in range(10, 100, 10)]
             losses.append((100, 0.5 + 0.1 * seed + (0.2 if spec == 'fame' else 0.0)))
             _fake_run(work, spec, seed, losses, {'mIoU': miou[spec][seed], 'mAcc': 50.0 + seed})
-    runs, metrics = co.collect(work, ['fame', 'adamw', 'tema'], [0, 1, 2])
+    matrix = runs.Matrix([osp.relpath(DET_CFG, REPO)], ['fame', 'adamw', 'tema'], [0, 1, 2])
+    found, metrics, _ = co.collect(work, matrix)
     assert metrics == ['mIoU', 'mAcc']
-    assert runs['tema'][1]['metrics'] == runs['fame'][1]['metrics']  # alias shares runs
+    assert found['tema'][1]['metrics'] == found['fame'][1]['metrics']  # alias shares runs
     out = str(tmp_path / 'results' / 'seg')
-    summary = co.write_outputs(runs, metrics, out, reference='adamw', title='t')
+    summary = co.write_outputs(found, metrics, out, reference='adamw', title='t')
     rows = summary['rows']
     assert rows['adamw']['mIoU'][0] == pytest.approx(12.0)
     assert rows['adamw']['mIoU'][1] == pytest.approx(2.0)  # sample std, ddof=1
@@ -341,15 +352,3 @@ def test_summary_only_cli_and_missing_runs(tmp_path, capsys):
     assert summary['metrics'] == ['coco/bbox_mAP', 'coco/bbox_mAP_50']
     assert summary['rows']['sgd']['coco/bbox_mAP'][0] == pytest.approx(0.25)
     assert '| `sgd` |' in open(out + '.md').read()
-
-
-def test_run_complete_needs_matching_stamp(tmp_path):
-    _fake_run(str(tmp_path), 'x', 0, [(10, 1.0)], {'mIoU': 1.0})
-    run = osp.join(str(tmp_path), 'x', 'seed_0')
-    stamp = co._stamp('cfg text', 0, [])
-    assert not co.run_complete(run, stamp, 'mIoU')  # no run.json
-    with open(osp.join(run, 'run.json'), 'w') as f:
-        json.dump(dict(stamp=stamp, returncode=0), f)
-    assert co.run_complete(run, stamp, 'mIoU')
-    assert not co.run_complete(run, co._stamp('cfg text', 1, []), 'mIoU')
-    assert not co.run_complete(run, stamp, 'coco/bbox_mAP')

@@ -25,7 +25,7 @@ jump, and its overshoot; ``RMSE`` of the noisy estimate against the true gradien
 Part 2, the effect on optimization: ``x`` follows a moving optimum ``c(t)`` (linear drift, or the
 circle) of ``f_t(x) = 0.5 * ||x - c(t)||^2`` under noisy gradients ``x - c(t) + sigma * noise``,
 with Adam (``mmfame.FAME`` with beta3 = beta4 = 0, which is exactly Adam), a DEMA variant (the
-tool-private ``CascadeAdam`` of ``compare_optimizers.py``, decay 0.3) and FAME (TEMA, defaults),
+ablation ``CascadeAdam`` of ``mmfame.experiments.ablation``, decay 0.3) and FAME (TEMA, defaults),
 plus FAME with beta3 = beta4 = 0.5 (the authors' constructor default) and the classic equal-decay
 TEMA (FAME with beta3 = beta4 = 0.9). Reported: the mean tracking
 distance ``||x_t - c(t)||`` after a burn-in, mean +- std over independent runs (seeds; the runs are
@@ -46,13 +46,11 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 import torch
 
-HERE = osp.dirname(osp.abspath(__file__))
-REPO = osp.dirname(osp.dirname(HERE))
-for _p in (HERE, REPO):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
-from compare_optimizers import CascadeAdam, cascade_coeffs  # noqa: E402
+from mmfame.experiments.ablation import CascadeAdam, cascade_coeffs  # noqa: E402
 from mmfame import FAME  # noqa: E402
 
 # name: (cascade decays (beta1, d2, ...), label)
