@@ -8,8 +8,8 @@ twins), tests each run and writes ``<work-dir>/summary.json`` and ``loss_curves.
     .venv/bin/python tools/demo.py                      # everything, ~10 minutes on 2 CPU cores
     .venv/bin/python tools/demo.py --only det --iters 100
 
-Runs lie in ``<work-dir>/<config stem>/<setting>/seed_<S>/`` (``config.py``, ``launch.log``,
-``test.log``); a rerun reuses finished runs and their tests, other arguments need another
+Runs lie in ``<work-dir>/<config stem>/<setting>/seed_<S>/`` (``launch.log``, ``test.log``;
+the child config beside it, ``seed_<S>.py``); a rerun reuses finished runs and their tests, other arguments need another
 ``--work-dir``.
 """
 import argparse

@@ -1,10 +1,12 @@
 """A matrix of runs (configs x settings x seeds) in one work dir: writing, launching, resuming and
 reading back each run.
 
-Layout: ``<work_dir>/matrix.json`` (what the matrix is) and one folder per run,
+Layout: ``<work_dir>/matrix.json`` (what the matrix is) and per run its child config
+``<work_dir>/<config stem>/<setting>/seed_<S>.py``
+(:func:`mmfame.experiments.configs.child_config_text`; beside the run's folder, because the Runner
+dumps the expanded config into its work dir under the config's file name) and its folder
 ``<work_dir>/<config stem>/<setting>/seed_<S>/``, holding
 
-* ``config.py``: the run's child config (:func:`mmfame.experiments.configs.child_config_text`);
 * ``job.json``: the last launch (launcher, command, host, pid, start, end and exit status);
 * ``done.json``: written once training exited 0; a run holding it is never launched again;
 * ``launch.log``: what every launch printed; the Runner's own files (checkpoints,
@@ -109,8 +111,8 @@ class Matrix:
 
 # ------------------------------------------------------------------------- writing a run
 def child_text(run: Run, matrix: Matrix) -> str:
-    """The child config of a run: the shipped config (``fame``), its upstream base unchanged
-    (``baseline``) or the shipped config with the setting's optimizer; with the quick budget."""
+    """The child config of a run: the config as it is (``fame`` of a FAME config), its upstream
+    base unchanged (``baseline``) or the config with the setting's optimizer; with the budget."""
     name = parse_setting(run.setting)[0]
     shipped = osp.join(REPO, run.config)
     if name == 'baseline':
@@ -121,26 +123,31 @@ def child_text(run: Run, matrix: Matrix) -> str:
     else:
         base = shipped
     base_cfg = load_config(base)
-    optimizer = None
-    if name not in ('fame', 'baseline'):
-        optimizer = optimizer_cfg(run.setting, dict(base_cfg.optim_wrapper.get('optimizer', {})))
+    current = dict(base_cfg.optim_wrapper.get('optimizer', {}))
+    as_it_is = name == 'baseline' or (run.setting in ('fame', 'tema') and
+                                      current.get('type') == 'FAME')
+    optimizer = None if as_it_is else optimizer_cfg(run.setting, current)
     quick = matrix.quick
     return child_config_text(
         base, base_cfg, optimizer=optimizer, iters=quick,
         checkpoint_interval=None if quick is None else max(1, quick // 4),
         data_root=matrix.data_roots.get(DATASETS.get(base_cfg.get('default_scope'))),
-        imports=name != 'baseline', written_by='tools/reproduce.py')
+        imports=name != 'baseline')
 
 
 def run_dir(work_dir: str, run: Run) -> str:
     return osp.join(work_dir, run.key)
 
 
+def child_path(work_dir: str, run: Run) -> str:
+    return run_dir(work_dir, run) + '.py'
+
+
 def prepare(work_dir: str, run: Run, matrix: Matrix) -> str:
     """Write the run's folder and child config; returns the child config's path."""
     d = run_dir(work_dir, run)
     os.makedirs(d, exist_ok=True)
-    path = osp.join(d, 'config.py')
+    path = child_path(work_dir, run)
     text = child_text(run, matrix)
     if osp.exists(path):
         with open(path) as f:
@@ -349,7 +356,7 @@ def launch(matrix: Matrix, work_dir: str, launcher: Launcher, max_jobs: int = 1,
             st = state(job.dir)
             echo(f'[reproduce] {job.run.key}: {st} (exit {rc}, {job.job["seconds"]:.0f} s)')
             if st == 'interrupted' and job.attempt < retries:
-                queue.append((job.run, osp.join(job.dir, 'config.py'), job.attempt + 1))
+                queue.append((job.run, child_path(work_dir, job.run), job.attempt + 1))
     return {run.key: state(run_dir(work_dir, run)) for run in matrix.runs}
 
 
@@ -361,7 +368,7 @@ def evaluate(work_dir: str, run: Run, python: str = sys.executable) -> dict:
     if checkpoint is None:
         raise RuntimeError(f'{run.key}: no checkpoint to test in {d}')
     test_dir, log_path = osp.join(d, 'test'), osp.join(d, 'test.log')
-    argv = [python, osp.join(REPO, 'tools', 'test.py'), osp.join(d, 'config.py'), checkpoint,
+    argv = [python, osp.join(REPO, 'tools', 'test.py'), d + '.py', checkpoint,
             '--work-dir', test_dir]
     with open(log_path, 'w') as log:
         log.write(' '.join(argv) + '\n\n')

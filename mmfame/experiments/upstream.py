@@ -16,7 +16,7 @@ import importlib.util
 import math
 import os.path as osp
 import re
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import yaml
 
@@ -146,10 +146,32 @@ def _cell(value: Optional[float], fmt: str = '{:g}') -> str:
     return '—' if value is None else fmt.format(value)
 
 
+def add_measured_times(rows: Sequence[dict], seconds: Dict[str, float]) -> List[dict]:
+    """``rows`` with s/iter, and so GPU-hours, from your own runs where upstream gives no time.
+
+    ``seconds`` maps a config to its median logged seconds per iteration, e.g. of a ``--quick``
+    matrix on the cluster the full runs will use. Each GPU of a DDP run processes its own
+    per-GPU batch, so a run on fewer GPUs at the same per-GPU batch estimates the s/iter of the
+    full run, communication aside.
+    """
+    out = []
+    for row in rows:
+        row = dict(row, missing=dict(row['missing']))
+        measured = seconds.get(row['config'])
+        if measured is not None and row['s_per_iter'] is None:
+            row.update(s_per_iter=measured, time_source='measured')
+            row['missing'].pop('s_per_iter', None)
+            if row['total_iters'] is not None:
+                row['gpu_hours'] = measured * row['total_iters'] * row['gpus'] / 3600
+                row['missing'].pop('gpu_hours', None)
+        out.append(row)
+    return out
+
+
 def cost_markdown(rows: Sequence[dict]) -> str:
     """:func:`cost_rows` as a Markdown table and a note on where its numbers come from."""
     lines = ['| config | upstream base | GPUs x batch | schedule | memory/GPU (GB, upstream) '
-             '| s/iter (upstream) | expected GPU-hours per run |',
+             '| s/iter | expected GPU-hours per run |',
              '|---|---|---|---|---|---|---|']
     for row in rows:
         if row['epochs'] is None:
@@ -162,14 +184,20 @@ def cost_markdown(rows: Sequence[dict]) -> str:
             hours += f' ({row["missing"]["gpu_hours"]})'
         lines.append(
             f'| `{osp.basename(row["config"])}` | `{row["base"]}` | {row["gpus"]} x {row["batch"]} '
-            f'| {schedule} | {_cell(row["memory_gb"])} | {_cell(row["s_per_iter"])} | {hours} |')
+            f'| {schedule} | {_cell(row["memory_gb"])} | {_cell(row["s_per_iter"])}'
+            + (' (measured)' if row.get('time_source') == 'measured' else '') + f' | {hours} |')
     hardware = sorted({row['hardware'].replace('GPUS', 'GPUs') for row in rows if row['hardware']})
-    timed = any(row['s_per_iter'] is not None for row in rows)
+    timed = any(row['s_per_iter'] is not None and row.get('time_source') != 'measured'
+                for row in rows)
+    measured = any(row.get('time_source') == 'measured' for row in rows)
     lines += ['', (
         'Numbers from the model-zoo metafiles of the installed mmdet/mmseg '
         '(`.mim/configs/<algo>/metafile.y[a]ml`), measured with the upstream optimizer on '
         f'{", ".join(hardware) or "unstated hardware"}; — marks a number they do not give'
-        + ('' if timed else ', and they give no training time at all, so no GPU-hours')
+        + ('' if timed else ', and they give no training time at all')
+        + ('; s/iter marked (measured) is the median logged iteration time of your own runs '
+           '(`tools/reproduce.py cost --measured WORK_DIR`), GPU-hours = s/iter x iterations x '
+           'GPUs' if measured else ', so no GPU-hours without `--measured WORK_DIR`')
         + f'. A FAME run keeps {FAME_EXTRA_STATE} bytes/param more optimizer state than AdamW '
         '(4 fp32 tensors per param, exp_avg, exp_avg_2, exp_avg_3, exp_avg_sq: 16 B/param '
         'against 8). Epoch-based COCO iterations count the full train2017 split (118,287 '

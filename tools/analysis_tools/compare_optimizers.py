@@ -1,7 +1,7 @@
 """Compare optimizers on one MMDetection / MMSegmentation config: same budget, same seeds.
 
 Every optimizer setting x seed is one run of the experiment engine (``mmfame.experiments``): a
-child config in ``<work-dir>/<config>/<setting>/seed_<S>/config.py`` (the given config with only
+child config ``<work-dir>/<config>/<setting>/seed_<S>.py`` (the given config with only
 the optimizer and the budget replaced; clipping, paramwise rules, schedule shape and data kept),
 trained by ``tools/train.py --resume --cfg-options randomness.seed=S``. From mmengine's logged
 scalars it writes

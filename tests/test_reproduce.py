@@ -1,0 +1,369 @@
+"""tools/reproduce.py and mmfame.experiments: choosing configs and settings, the child configs of
+each setting, launch commands, refusing bad input, and the whole matrix end to end.
+
+End to end (demo configs on the tiny synthetic data, a few iterations): 2 configs x 2 settings x 1
+seed locally and on the private single-node Slurm of tests/slurm, where one job is cancelled with
+``scancel`` mid-run and finished by rerunning the command (resumed from its last checkpoint,
+finished runs left alone); ``gather``'s table and metafile are checked against the runs' logs.
+"""
+import importlib.util
+import json
+import os
+import os.path as osp
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+pytest.importorskip('mmengine', reason='mmfame.experiments needs mmengine')
+
+from e2e import DET_CFG, PY, REPO, SEG_CFG, free_port, tool_env  # noqa: E402
+from mmfame.experiments import configs, logs, runs  # noqa: E402
+
+HAS_OPENMMLAB = all(importlib.util.find_spec(m) for m in ('mmdet', 'mmseg', 'mmcv'))
+needs_openmmlab = pytest.mark.skipif(not HAS_OPENMMLAB, reason='needs mmdet, mmseg and mmcv')
+REPRODUCE = osp.join(REPO, 'tools', 'reproduce.py')
+COCO_RETINANET = 'configs/coco/retinanet_r50_fpn_fame_8xb2-1x_coco.py'
+ADE_SEGFORMER = 'configs/ade20k/segformer_mit-b0_fame_8xb2-160k_ade20k-512x512.py'
+DEMO = [osp.relpath(DET_CFG, REPO), osp.relpath(SEG_CFG, REPO)]
+QUICK = 8  # iterations per end-to-end run; checkpoints every QUICK // 4
+
+
+# ----------------------------------------------------------------------- choosing configs
+SELECT_CASES = {  # id: (specs, configs that must be chosen, count or None)
+    'group': (['demo'], DEMO, 2),
+    'two_groups': (['coco', 'ade20k'], [COCO_RETINANET, ADE_SEGFORMER], 15),
+    'stem': (['retinanet_r50_fpn_fame_8xb2-1x_coco'], [COCO_RETINANET], 1),
+    'file_name': (['retinanet_r50_fpn_fame_8xb2-1x_coco.py'], [COCO_RETINANET], 1),
+    'path': ([COCO_RETINANET], [COCO_RETINANET], 1),
+    'glob': (['*segformer*'], [ADE_SEGFORMER], None),
+    'deduplicated': (['demo', DEMO[0]], DEMO, 2),
+}
+
+
+@pytest.mark.parametrize('case', SELECT_CASES)
+def test_select_configs(case):
+    specs, must, count = SELECT_CASES[case]
+    chosen = configs.select_configs(specs)
+    assert set(must) <= set(chosen)
+    assert len(chosen) == len(set(chosen))
+    if count is not None:
+        assert len(chosen) == count
+    assert all(osp.isfile(osp.join(REPO, c)) for c in chosen)
+
+
+BAD_INPUT = {  # id: (call, words the error must contain)
+    'config': (lambda: configs.select_configs(['retinanet_r50_fpn_fame_8xb2-1x_coc']),
+               ['no shipped config matches', 'did you mean retinanet_r50_fpn_fame_8xb2-1x_coco']),
+    'setting': (lambda: runs.Matrix(DEMO, ['fame', 'lion'], [0]),
+                ["unknown setting 'lion'", 'baseline', 'adamw']),
+    'setting_key': (lambda: runs.Matrix(DEMO, ['sgd:0.1'], [0]), ['expected key=value']),
+    'baseline_override': (lambda: runs.Matrix(DEMO, ['baseline:lr=1'], [0]),
+                          ['upstream config unchanged']),
+    'quick': (lambda: runs.Matrix(DEMO, ['fame'], [0], quick=0), ['--quick must be a positive number of iterations']),
+    'data_root': (lambda: runs.Matrix(DEMO, ['fame'], [0], data_roots={'voc': '/x'}),
+                  ['--data-root takes coco and ade20k=PATH', 'voc']),
+    'launcher': (lambda: runs.Launcher('mpi'), ["unknown launcher 'mpi'", 'slurm']),
+    'partition': (lambda: runs.Launcher('slurm'), ['--launcher slurm needs --partition']),
+}
+
+
+@pytest.mark.parametrize('case', BAD_INPUT)
+def test_bad_input_names_the_fix(case):
+    call, words = BAD_INPUT[case]
+    with pytest.raises(ValueError) as info:
+        call()
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_a_work_dir_of_another_matrix_is_refused(tmp_path):
+    runs.Matrix(DEMO, ['fame', 'adamw'], [0]).bind(str(tmp_path))
+    runs.Matrix(DEMO, ['fame', 'adamw'], [0]).bind(str(tmp_path))  # the same matrix: fine
+    with pytest.raises(ValueError, match='holds runs of another matrix .*seeds: \\[0\\] there, '
+                       '\\[0, 1\\] now.*another --work-dir'):
+        runs.Matrix(DEMO, ['fame', 'adamw'], [0, 1]).bind(str(tmp_path))
+
+
+def test_runs_of_aliases_are_shared_and_named_for_slurm():
+    matrix = runs.Matrix(DEMO[:1], ['fame', 'tema', 'adamw'], [0, 1])
+    keys = [r.key for r in matrix.runs]
+    assert len(keys) == 4 and len(set(keys)) == 4
+    stem = configs.config_stem(DEMO[0])
+    assert keys[0] == f'{stem}/fame/seed_0' and matrix.runs[0].job_name == f'{stem}.fame.s0'
+
+
+def _dead_pid():
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
+STATE_CASES = {  # id: (files in the run folder, state); 'ckpt' = a checkpoint to resume from
+    'pending': ({}, 'pending'),
+    'finished': ({'done.json': {}, 'job.json': dict(returncode=0)}, 'finished'),
+    'running': ({'job.json': 'alive'}, 'running'),
+    'running_elsewhere': ({'job.json': dict(host='another-node', pid=1)}, 'running'),
+    'launcher_died_no_checkpoint': ({'job.json': 'dead'}, 'failed'),
+    'launcher_died_with_checkpoint': ({'job.json': 'dead', 'ckpt': True}, 'interrupted'),
+    'cancelled': ({'job.json': dict(returncode=143), 'ckpt': True}, 'interrupted'),
+    'failed': ({'job.json': dict(returncode=1)}, 'failed'),
+    'trained_by_hand': ({'ckpt': True}, 'interrupted'),
+}
+
+
+@pytest.mark.parametrize('case', STATE_CASES)
+def test_run_states(case, tmp_path):
+    files, expected = STATE_CASES[case]
+    here = dict(host=socket.gethostname())
+    for name, content in files.items():
+        if name == 'ckpt':
+            (tmp_path / 'iter_4.pth').write_bytes(b'x')
+            (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+            continue
+        if content == 'alive':
+            content = dict(here, pid=os.getpid())
+        elif content == 'dead':
+            content = dict(here, pid=_dead_pid())
+        (tmp_path / name).write_text(json.dumps(content))
+    assert runs.state(str(tmp_path)) == expected
+
+
+LAUNCH_CASES = {  # id: (launcher, argv head after the interpreter/script, environment it sets)
+    'local': (dict(kind='local'), ['tools/train.py'], {}),
+    'dist': (dict(kind='dist', gpus=2), ['tools/dist_train.sh'], dict(PORT='1234')),
+    'slurm': (dict(kind='slurm', partition='part', gpus=16, gpus_per_node=8, cpus_per_task=5,
+                   srun_args='--quotatype=auto'),
+              ['tools/slurm_train.sh', 'part'],
+              dict(GPUS='16', GPUS_PER_NODE='8', CPUS_PER_TASK='5', SRUN_ARGS='--quotatype=auto')),
+}
+
+
+@pytest.mark.parametrize('case', LAUNCH_CASES)
+def test_launch_commands_resume_and_pass_the_seed(case):
+    kw, head, env_set = LAUNCH_CASES[case]
+    run = runs.Run(DEMO[0], 'fame', 3)
+    argv, env = runs.Launcher(**kw).command(run, '/w/config.py', '/w', ['a=1'], 1234)
+    script = [a for a in argv if a.endswith(('.py', '.sh'))][0]
+    assert osp.relpath(script, REPO) == head[0]
+    assert argv[argv.index(script) + 1:][:len(head) - 1] == head[1:]
+    assert argv[-4:] == ['--resume', '--cfg-options', 'randomness.seed=3', 'a=1']
+    assert '/w/config.py' in argv and '/w' in argv
+    for k, v in env_set.items():
+        assert env[k] == v
+    if case == 'slurm':
+        assert run.job_name in argv
+    if case == 'dist':
+        assert argv[argv.index(script) + 2] == '2'  # processes
+
+
+# --------------------------------------------------------------------------- child configs
+def _unscoped(obj):
+    """A config value without the ``_scope_`` keys mmengine adds below a ``mmdet::`` base."""
+    if isinstance(obj, dict):
+        return {k: _unscoped(v) for k, v in obj.items() if k != '_scope_'}
+    return [_unscoped(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def _child(run, matrix, tmp_path):
+    from mmengine.config import Config
+    path = tmp_path / f'{run.setting}.py'
+    path.write_text(runs.child_text(run, matrix))
+    return Config.fromfile(str(path), import_custom_modules=False)
+
+
+@needs_openmmlab
+@pytest.mark.parametrize('config', [COCO_RETINANET, ADE_SEGFORMER], ids=osp.basename)
+def test_child_configs_of_the_settings(config, tmp_path):
+    from mmengine.config import Config
+
+    from mmfame.experiments.upstream import upstream_base
+    shipped = Config.fromfile(osp.join(REPO, config), import_custom_modules=False)
+    upstream = configs.load_config(upstream_base(osp.join(REPO, config)))
+    full = runs.Matrix([config], ['fame', 'baseline', 'adamw', 'fame-full'], [0])
+    quick = runs.Matrix([config], ['fame', 'baseline'], [0], quick=40,
+                        data_roots={'coco': '/d/coco', 'ade20k': '/d/ade'})
+    fame = _child(runs.Run(config, 'fame', 0), full, tmp_path)
+    assert fame.optim_wrapper == shipped.optim_wrapper and fame.train_cfg == shipped.train_cfg
+    base = _child(runs.Run(config, 'baseline', 0), full, tmp_path)
+    assert _unscoped(base.optim_wrapper) == _unscoped(upstream.optim_wrapper)
+    assert _unscoped(base.train_cfg) == _unscoped(upstream.train_cfg)
+    assert base.get('custom_imports') == upstream.get('custom_imports')
+    adamw = _child(runs.Run(config, 'adamw', 0), full, tmp_path).optim_wrapper
+    fame_opt = shipped.optim_wrapper.optimizer
+    assert adamw.optimizer.type == 'AdamW' and 'beta3' not in adamw.optimizer
+    assert adamw.optimizer.lr == fame_opt.lr and adamw.optimizer.weight_decay == fame_opt.get(
+        'weight_decay', adamw.optimizer.weight_decay)
+    assert adamw.get('paramwise_cfg') == shipped.optim_wrapper.get('paramwise_cfg')
+    full_fame = _child(runs.Run(config, 'fame-full', 0), full, tmp_path).optim_wrapper.optimizer
+    assert full_fame.sq_betas == (0.3, 0.7) and full_fame.type == 'FAME'
+    # the quick budget: 40 iterations whatever the schedule, checkpoints every 10, data moved
+    for setting in ('fame', 'baseline'):
+        cfg = _child(runs.Run(config, setting, 0), quick, tmp_path)
+        assert cfg.train_cfg.type == 'IterBasedTrainLoop' and cfg.train_cfg.max_iters == 40
+        assert cfg.train_cfg.val_interval == 40
+        assert cfg.default_hooks.checkpoint.interval == 10
+        assert not cfg.default_hooks.checkpoint.by_epoch
+        assert cfg.train_dataloader.dataset.data_root.startswith('/d/')
+        for sch in (cfg.param_scheduler if isinstance(cfg.param_scheduler, list)
+                    else [cfg.param_scheduler]):
+            assert not sch.get('by_epoch', True) and sch.get('end', 0) <= 40
+
+
+# ------------------------------------------------------------------------------ end to end
+def reproduce(*args, env=None, check=True, timeout=1200):
+    proc = subprocess.run([PY, REPRODUCE, *args], cwd=REPO, env=env or tool_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f'reproduce.py {" ".join(args)} exited {proc.returncode}:\n'
+                    + proc.stdout[-6000:])
+    return proc
+
+
+def matrix_args(demo_data, work_dir):
+    """The tiny 2 x 2 x 1 matrix on the test's demo data: workers off, batch 2, detections kept
+    down to score 0 (random-init scores sit near the prior)."""
+    return ['launch', *DEMO, '--settings', 'fame', 'adamw', '--seeds', '0', '--quick', str(QUICK),
+            '--work-dir', work_dir, '--data-root', f'coco={demo_data["coco"]["data_root"]}',
+            f'ade20k={demo_data["ade"]["data_root"]}', '--cfg-options',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+            'val_dataloader.persistent_workers=False', 'model.test_cfg.score_thr=0.0']
+
+
+def check_gathered(work_dir, docs_root):
+    """gather's table and the demo metafile hold each finished run's last logged metrics."""
+    import yaml
+    reproduce('gather', '--work-dir', work_dir, '--docs-root', docs_root)
+    matrix = runs.Matrix.load(work_dir)
+    table = open(osp.join(work_dir, 'results.md')).read()
+    assert osp.getsize(osp.join(work_dir, 'results.png')) > 0
+    meta = yaml.safe_load(open(osp.join(docs_root, 'configs', 'demo', 'metafile.yml')))
+    models = {m['Name']: m for m in meta['Models']}
+    for run in matrix.runs:
+        d = runs.run_dir(work_dir, run)
+        records = logs.all_scalars(d)
+        key = 'coco/bbox_mAP' if 'coco' in run.config else 'mIoU'
+        value = [r[key] for r in records if key in r][-1]
+        shown = f'{value * 100:.1f}' if key.startswith('coco/') else f'{value:.2f}'
+        row = [line for line in table.splitlines()
+               if configs.config_stem(run.config) in line and f'| `{run.setting}` |' in line]
+        assert row and shown in row[0], (run.key, shown, row)
+        if run.setting == 'fame':
+            metrics = models[configs.config_stem(run.config)]['Results'][0]['Metrics']
+            assert pytest.approx(float(shown), abs=0.051) in [float(v) for v in metrics.values()]
+    return table
+
+
+@pytest.mark.slow
+@needs_openmmlab
+def test_local_matrix_runs_once_and_gathers(demo_data, tmp_path):
+    work = str(tmp_path / 'local')
+    out = reproduce(*matrix_args(demo_data, work)).stdout
+    assert out.count(': starting') == 4 and '4 finished of 4 runs' in out
+    done = {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
+            for r in runs.Matrix.load(work).runs}
+    again = reproduce(*matrix_args(demo_data, work)).stdout  # idempotent: nothing retrained
+    assert again.count('finished, left alone') == 4 and ': starting' not in again
+    assert done == {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
+                    for r in runs.Matrix.load(work).runs}
+    docs = tmp_path / 'docs'
+    (docs / 'configs').mkdir(parents=True)
+    check_gathered(work, str(docs))
+    status = reproduce('status', '--work-dir', work).stdout
+    assert status.count('finished') >= 4
+    # the bill from the runs' own iteration times (upstream publishes none)
+    cost = reproduce('cost', 'demo', '--measured', work).stdout
+    for config in DEMO:
+        records = logs.all_scalars(runs.run_dir(work, runs.Run(config, 'fame', 0)))
+        seconds = logs.summarize_run(records, [])['sec_per_iter']
+        row = [line for line in cost.splitlines() if osp.basename(config) in line][0]
+        assert f'| {seconds:g} (measured) |' in row, (seconds, row)
+        assert f'| {seconds * 300 / 3600:,.0f} |' in row  # 300 iterations on 1 GPU
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f'timed out waiting for {what}')
+
+
+@pytest.mark.slow
+@needs_openmmlab
+def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
+    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], MASTER_PORT=free_port(),
+                   OMP_NUM_THREADS=1)
+    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
+        del env[k]  # never inherit an outer allocation
+    work = str(tmp_path / 'slurm')
+    args = matrix_args(demo_data, work) + [
+        '--launcher', 'slurm', '--partition', slurm_cluster['partition'], '--gpus', '1',
+        '--gpus-per-node', '1', '--cpus-per-task', '1']
+    # a partition Slurm does not know: its own message, nothing launched
+    bad = reproduce(*[a if a != slurm_cluster['partition'] else 'nope' for a in args], env=env,
+                    check=False)
+    assert bad.returncode != 0 and "Slurm rejects partition 'nope'" in bad.stdout
+    assert 'not found' in bad.stdout.lower() or 'invalid' in bad.stdout.lower(), bad.stdout
+    assert not glob_runs(work)
+
+    victim = runs.Run(DEMO[0], 'fame', 0)
+    victim_dir = runs.run_dir(work, victim)
+    first = subprocess.Popen([PY, REPRODUCE, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: logs.latest_checkpoint(victim_dir), 600, 'a first checkpoint')
+        cancelled_at = int(osp.basename(logs.latest_checkpoint(victim_dir))[5:-4])
+        subprocess.run(['scancel', '--name', victim.job_name], env=env, check=True, timeout=60)
+        out, _ = first.communicate(timeout=900)
+    finally:
+        first.kill()
+    assert first.returncode == 1, out
+    assert runs.state(victim_dir) == 'interrupted', out
+    reached = logs.last_logged_iter(victim_dir)
+    assert '3 finished, 1 interrupted of 4 runs' in out, out
+    assert f'--- {victim.key} (interrupted)' in out
+    status = reproduce('status', '--work-dir', work, env=env).stdout
+    assert f'{victim.key}' in status and 'interrupted' in status
+    before = {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
+              for r in runs.Matrix.load(work).runs if r != victim}
+
+    again = reproduce(*args, env=env).stdout  # the same command finishes the matrix
+    assert again.count('finished, left alone') == 3 and again.count('resuming from iter_') == 1
+    assert '4 finished of 4 runs' in again
+    resumed = logs.tail(osp.join(victim_dir, 'launch.log'), 10**6).split('=== ')[-1]
+    step = int(resumed.split('resumed epoch: ')[1].split('iter: ')[1].split()[0].rstrip(','))
+    # resumed from the newest checkpoint: at most one checkpoint interval of work is lost
+    assert step >= cancelled_at >= 1 and step % (QUICK // 4) == 0
+    assert reached - step <= QUICK // 4, (reached, step)
+    assert before == {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
+                      for r in runs.Matrix.load(work).runs if r != victim}
+    for r in runs.Matrix.load(work).runs:
+        launches = open(osp.join(runs.run_dir(work, r), 'launch.log')).read().count('=== ')
+        assert launches == (2 if r == victim else 1), r.key
+    docs = tmp_path / 'docs'
+    (docs / 'configs').mkdir(parents=True)
+    shutil.copy(osp.join(REPO, 'configs', 'README.md'), docs / 'configs' / 'README.md')
+    check_gathered(work, str(docs))
+    # the shipped README has no demo rows: gathering demo runs leaves it as it was
+    assert (docs / 'configs' / 'README.md').read_text() == open(
+        osp.join(REPO, 'configs', 'README.md')).read()
+
+
+def glob_runs(work_dir):
+    return [p for p in (os.listdir(work_dir) if osp.isdir(work_dir) else []) if p != 'matrix.json']
+
+
+def test_cli_errors_exit_with_the_message(tmp_path):
+    proc = reproduce('launch', 'nonexistent_config', '--work-dir', str(tmp_path), check=False)
+    assert proc.returncode != 0 and 'reproduce: no shipped config matches' in proc.stdout
+    proc = reproduce('launch', 'demo', '--settings', 'lion', '--work-dir', str(tmp_path),
+                     check=False)
+    assert proc.returncode != 0 and "unknown setting 'lion'" in proc.stdout
+    proc = reproduce('status', '--work-dir', str(tmp_path / 'none'), check=False)
+    assert proc.returncode != 0 and 'holds no matrix of runs' in proc.stdout
