@@ -313,6 +313,31 @@ def test_metafiles_hold_no_unfinished_numbers_and_are_deterministic(metafiles, r
         assert not any(t.encode() in text for t in SENTINEL_TEXT)
 
 
+def test_a_later_gather_keeps_results_published_before(metafiles, rows, tmp_path):
+    """Gathering an ADE20K-only matrix into the same tree keeps the COCO results."""
+    import shutil
+    out = str(tmp_path / 'docs')
+    shutil.copytree(metafiles[0], out)
+    ade_only = [r for r in rows.values() if '/ade20k/' in r['config']]
+    report.write_metafiles(ade_only, REPO, out_root=out)
+    doc = _load(osp.join(out, 'configs', 'coco', 'metafile.yml'))
+    (model, ) = [m for m in doc['Models'] if m['Config'] == RET]
+    assert model['Results'] == METAFILE_MODELS[RET][1]
+
+
+def test_shipped_metafiles_list_every_shipped_config():
+    index = _load(osp.join(REPO, 'model-index.yml'))
+    assert index['Import'] == ['configs/coco/metafile.yml', 'configs/ade20k/metafile.yml']
+    for path in index['Import']:
+        doc = _load(osp.join(REPO, path))
+        folder = osp.join(REPO, osp.dirname(path))
+        shipped = sorted(n for n in os.listdir(folder) if '_fame_' in n and n.endswith('.py'))
+        assert [osp.basename(m['Config']) for m in doc['Models']] == shipped
+        for model in doc['Models']:  # nothing is published that no gather measured
+            for result in model.get('Results', []):
+                assert all(isinstance(v, (int, float)) for v in result['Metrics'].values())
+
+
 def test_no_demo_metafile_without_demo_rows(tmp_path, monkeypatch):
     pytest.importorskip('yaml')
     monkeypatch.setattr(report, '_model_entry', lambda root, folder, path, row: {'Config': path})

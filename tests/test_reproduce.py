@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip('mmengine', reason='mmfame.experiments needs mmengine')
 
-from e2e import DET_CFG, PY, REPO, SEG_CFG, free_port, tool_env  # noqa: E402
+from e2e import DET_CFG, PY, REPO, SEG_CFG, tool_env  # noqa: E402
 from mmfame.experiments import configs, logs, runs  # noqa: E402
 
 HAS_OPENMMLAB = all(importlib.util.find_spec(m) for m in ('mmdet', 'mmseg', 'mmcv'))
@@ -137,7 +137,8 @@ LAUNCH_CASES = {  # id: (launcher, argv head after the interpreter/script, envir
     'slurm': (dict(kind='slurm', partition='part', gpus=16, gpus_per_node=8, cpus_per_task=5,
                    srun_args='--quotatype=auto'),
               ['tools/slurm_train.sh', 'part'],
-              dict(GPUS='16', GPUS_PER_NODE='8', CPUS_PER_TASK='5', SRUN_ARGS='--quotatype=auto')),
+              dict(GPUS='16', GPUS_PER_NODE='8', CPUS_PER_TASK='5', SRUN_ARGS='--quotatype=auto',
+                   MASTER_PORT='1234')),
 }
 
 
@@ -297,8 +298,7 @@ def _wait_for(predicate, timeout, what):
 @pytest.mark.slow
 @needs_openmmlab
 def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
-    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], MASTER_PORT=free_port(),
-                   OMP_NUM_THREADS=1)
+    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], OMP_NUM_THREADS=1)
     for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
         del env[k]  # never inherit an outer allocation
     work = str(tmp_path / 'slurm')

@@ -393,7 +393,9 @@ def write_metafiles(rows: Sequence[dict], repo_root: str,
     """OpenMMLab metafiles of the shipped FAME configs: ``configs/<folder>/metafile.yml`` for
     coco, ade20k (and demo when ``rows`` hold a demo config) and ``model-index.yml`` importing
     them, under ``out_root`` (default ``repo_root``). A model's ``Results`` are the means over its
-    finished ``fame`` seeds; a model without any has none. Returns the paths written."""
+    finished ``fame`` seeds; a model without any has none, unless the metafile there already
+    publishes results for a config ``rows`` do not hold (gathered from another work dir): those
+    are kept. Returns the paths written."""
     import yaml
     out_root = out_root or repo_root
     fame = {row['config']: row for row in rows if row['setting'] == 'fame'}
@@ -404,17 +406,34 @@ def write_metafiles(rows: Sequence[dict], repo_root: str,
         found = sorted(n for n in os.listdir(osp.join(repo_root, 'configs', folder))
                        if n.endswith('.py') and '_fame_' in n)
         paths = [f'configs/{folder}/{n}' for n in found]
+        rel = f'configs/{folder}/metafile.yml'
+        kept = _published_results(osp.join(out_root, rel), yaml)
+        models = []
+        for p in paths:
+            model = _model_entry(repo_root, folder, p, fame.get(p))
+            if p not in fame and p in kept:  # gathered from another work dir before: keep it
+                model['Results'] = kept[p]
+            models.append(model)
         doc = {
             'Collections': [{'Name': FOLDERS[folder]['collection'],
                              'Metadata': {'Training Techniques': ['FAME']},
                              'Paper': dict(PAPER), 'README': 'configs/README.md'}],
-            'Models': [_model_entry(repo_root, folder, p, fame.get(p)) for p in paths],
+            'Models': models,
         }
-        rel = f'configs/{folder}/metafile.yml'
         written.append(_write_yaml(osp.join(out_root, rel), doc, yaml))
         imports.append(rel)
     written.append(_write_yaml(osp.join(out_root, 'model-index.yml'), {'Import': imports}, yaml))
     return written
+
+
+def _published_results(path: str, yaml) -> Dict[str, list]:
+    """{Config: Results} of the models an existing metafile already publishes results for."""
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f) or {}
+    except OSError:
+        return {}
+    return {m['Config']: m['Results'] for m in doc.get('Models', []) if m.get('Results')}
 
 
 def _write_yaml(path: str, doc: dict, yaml) -> str:

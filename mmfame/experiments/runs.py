@@ -260,6 +260,7 @@ class Launcher:
             env['PORT'] = str(port)
             return ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), child, str(self.gpus or 1),
                     '--work-dir', d, *tail], env
+        env['MASTER_PORT'] = str(port)  # jobs sharing a node must not share mmengine's 29500
         for name, value in (('GPUS', self.gpus), ('GPUS_PER_NODE', self.gpus_per_node),
                             ('CPUS_PER_TASK', self.cpus_per_task), ('SRUN_ARGS', self.srun_args)):
             if value is not None:
