@@ -158,6 +158,8 @@ def test_launch_commands_resume_and_pass_the_seed(case):
         assert run.job_name in argv
     if case == 'dist':
         assert argv[argv.index(script) + 2] == '2'  # processes
+    amp, _ = runs.Launcher(**kw).command(run, '/w/config.py', '/w', [], 1234, amp=True)
+    assert amp[amp.index('--resume') - 1] == '--amp'
 
 
 # --------------------------------------------------------------------------- child configs

@@ -55,6 +55,8 @@ def parse_args(argv=None):
                    help='an ITERS-iteration smoke budget for every run (default: the schedules)')
     q.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='passed to every run (part of the matrix: a rerun must repeat them)')
+    q.add_argument('--amp', action='store_true',
+                   help='train every run with train.py --amp (fp16, dynamic loss scale)')
     q.add_argument('--data-root', nargs='+', default=[], metavar='DATASET=PATH',
                    help='dataset roots: coco=PATH for the mmdet configs, ade20k=PATH for the '
                    "mmseg ones (default: the configs' data/coco/, data/ade/...)")
@@ -97,7 +99,7 @@ def cmd_launch(args) -> int:
         raise ValueError(f'--data-root takes DATASET=PATH (coco=..., ade20k=...), got {bad[0]!r}')
     matrix = runs.Matrix(configs=configs.select_configs(args.configs),
                          settings=list(args.settings), seeds=list(args.seeds), quick=args.quick,
-                         cfg_options=list(args.cfg_options),
+                         cfg_options=list(args.cfg_options), amp=args.amp,
                          data_roots={k: osp.abspath(v) for k, v in
                                      (x.split('=', 1) for x in args.data_root)})
     launcher = runs.Launcher(args.launcher, partition=args.partition, gpus=args.gpus,

@@ -59,6 +59,7 @@ class Matrix:
     quick: Optional[int] = None  # iteration budget of a smoke run; None: the configs' schedules
     cfg_options: List[str] = field(default_factory=list)  # passed to every run's train.py
     data_roots: Dict[str, str] = field(default_factory=dict)  # 'coco'/'ade20k' -> dataset root
+    amp: bool = False  # train.py --amp (fp16 with a dynamic loss scale) for every run
 
     def __post_init__(self):
         for spec in self.settings:
@@ -249,9 +250,11 @@ class Launcher:
         if self.kind == 'slurm' and not self.partition:
             raise ValueError('--launcher slurm needs --partition (the Slurm partition to run on)')
 
-    def command(self, run: Run, child: str, d: str, cfg_options: Sequence[str], port: int):
+    def command(self, run: Run, child: str, d: str, cfg_options: Sequence[str], port: int,
+                amp: bool = False):
         """(argv, extra environment) of one launch; always ``--resume``."""
-        tail = ['--resume', '--cfg-options', f'randomness.seed={run.seed}', *cfg_options]
+        tail = ['--amp'] * amp + ['--resume', '--cfg-options', f'randomness.seed={run.seed}',
+                                  *cfg_options]
         env = dict(PYTHON=self.python)
         if self.kind == 'local':
             return [self.python, osp.join(REPO, 'tools', 'train.py'), child, '--work-dir', d,
@@ -345,7 +348,8 @@ def launch(matrix: Matrix, work_dir: str, launcher: Launcher, max_jobs: int = 1,
         while queue and len(active) < max(1, max_jobs):
             run, child, attempt = queue.pop(0)
             d = run_dir(work_dir, run)
-            argv, env = launcher.command(run, child, d, matrix.cfg_options, _free_port())
+            argv, env = launcher.command(run, child, d, matrix.cfg_options, _free_port(),
+                                         matrix.amp)
             resumed = logs.latest_checkpoint(d)
             echo(f'[reproduce] {run.key}: ' + (f'resuming from {osp.basename(resumed)}'
                                                if resumed else 'starting'))
