@@ -87,6 +87,14 @@ def test_a_work_dir_of_another_matrix_is_refused(tmp_path):
         runs.Matrix(DEMO, ['fame', 'adamw'], [0, 1]).bind(str(tmp_path))
 
 
+def test_a_matrix_of_another_version_is_refused(tmp_path):
+    runs.Matrix(DEMO, ['fame'], [0]).bind(str(tmp_path))
+    saved = json.loads((tmp_path / 'matrix.json').read_text())
+    (tmp_path / 'matrix.json').write_text(json.dumps(dict(saved, sharding='zero1')))
+    with pytest.raises(ValueError, match='another version of mmfame .*sharding'):
+        runs.Matrix.load(str(tmp_path))
+
+
 def test_runs_of_aliases_are_shared_and_named_for_slurm():
     matrix = runs.Matrix(DEMO[:1], ['fame', 'tema', 'adamw'], [0, 1])
     keys = [r.key for r in matrix.runs]

@@ -107,7 +107,12 @@ class Matrix:
             raise ValueError(f'{work_dir} holds no matrix of runs (no matrix.json): start one with '
                              '`tools/reproduce.py launch`')
         with open(path) as f:
-            return cls(**json.load(f))
+            saved = json.load(f)
+        unknown = set(saved) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f'{path} was written by another version of mmfame (it has '
+                             f'{", ".join(sorted(unknown))}): use that version to continue it')
+        return cls(**saved)
 
 
 # ------------------------------------------------------------------------- writing a run
