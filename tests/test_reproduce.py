@@ -139,6 +139,24 @@ def test_run_states(case, tmp_path):
     assert runs.state(str(tmp_path)) == expected
 
 
+CURVE_CASES = {  # id: (scalars records, curve of 'm')
+    'iteration_loop_mmseg': ([dict(loss=1, iter=4, step=4), dict(m=1, step=4),
+                              dict(loss=1, iter=8, step=8), dict(m=2, step=8)], [[4, 1], [8, 2]]),
+    # mmdet logs validation under the epoch, 0 in an iteration loop
+    'iteration_loop_mmdet': ([dict(loss=1, iter=4, step=4), dict(m=1, step=0),
+                              dict(loss=1, iter=8, step=8), dict(m=2, step=0)], [[4, 1], [8, 2]]),
+    'epoch_loop': ([dict(loss=1, iter=7, epoch=1, step=7), dict(m=1, step=1),
+                    dict(loss=1, iter=14, epoch=2, step=14), dict(m=2, step=2)], [[1, 1], [2, 2]]),
+    'resumed_repeats_a_step': ([dict(m=1, step=4), dict(m=3, step=4)], [[4, 3]]),
+}
+
+
+@pytest.mark.parametrize('case', CURVE_CASES)
+def test_metric_curves(case):
+    records, curve = CURVE_CASES[case]
+    assert logs.metric_curve(records, 'm') == curve
+
+
 LAUNCH_CASES = {  # id: (launcher, argv head after the interpreter/script, environment it sets)
     'local': (dict(kind='local'), ['tools/train.py'], {}),
     'dist': (dict(kind='dist', gpus=2), ['tools/dist_train.sh'], dict(PORT='1234')),

@@ -50,12 +50,20 @@ def detect_metrics(records: Sequence[dict]) -> List[str]:
 
 
 def metric_curve(records: Sequence[dict], key: str) -> List[list]:
-    """``[[step, value], ...]`` of a validation metric; the step is the record's ``step`` (the
-    epoch for epoch-based loops, the iteration otherwise); a repeated step keeps its last value."""
-    points = {}
+    """``[[step, value], ...]`` of a validation metric; a repeated step keeps its last value.
+
+    The step is the epoch in epoch-based loops (their training records carry ``epoch``), the
+    iteration otherwise: mmdet's LoggerHook logs validation under the epoch (0 in an
+    ``IterBasedTrainLoop``), so there it is the last logged training iteration if that is later.
+    """
+    by_epoch = any('epoch' in r for r in records if 'loss' in r)
+    points, last_iter = {}, 0
     for r in records:
+        if 'loss' in r and 'iter' in r:
+            last_iter = r['iter']
         if key in r:
-            points[r.get('step', r.get('iter', len(points)))] = r[key]
+            step = r.get('step', last_iter)
+            points[step if by_epoch else max(step, last_iter)] = r[key]
     return [[s, v] for s, v in sorted(points.items())]
 
 
