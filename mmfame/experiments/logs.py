@@ -26,11 +26,6 @@ def read_scalars(path: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def newest_scalars(work_dir: str) -> Optional[str]:
-    found = stamp_dirs(work_dir, osp.join('vis_data', 'scalars.json'))
-    return osp.join(found[-1], 'vis_data', 'scalars.json') if found else None
-
-
 def all_scalars(work_dir: str) -> List[dict]:
     """The records of every start of a run in order; a resumed start repeats no iteration, so
     later records win where two starts logged the same step."""
