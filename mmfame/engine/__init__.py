@@ -7,14 +7,14 @@ Its modules change nothing when imported: ``import mmfame`` calls :func:`registe
 """
 from .checkpoint import (checkpoint_safe_globals, history_buffer_getattr,
                          register_checkpoint_safe_globals)
-from .dist import (CPU_DDP_TYPE, MMFameCPUDDP, cuda_available, finalize_distributed,
-                   patch_init_dist_for_cpu, setup_cpu_distributed)
+from .dist import (CPU_DDP_TYPE, CPU_FSDP_TYPE, MMFameCPUDDP, MMFameCPUFSDP, cuda_available,
+                   finalize_distributed, patch_init_dist_for_cpu, setup_cpu_distributed)
 from .optimizers import FAMEOptimWrapperConstructor
 from .registry import register_all
 
 __all__ = [
     'FAMEOptimWrapperConstructor', 'register_all',
     'checkpoint_safe_globals', 'history_buffer_getattr', 'register_checkpoint_safe_globals',
-    'CPU_DDP_TYPE', 'MMFameCPUDDP',
+    'CPU_DDP_TYPE', 'CPU_FSDP_TYPE', 'MMFameCPUDDP', 'MMFameCPUFSDP',
     'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed'
 ]

@@ -19,6 +19,12 @@ nothing else:
 4. SyncBN refuses CPU tensors: the builder reverts SyncBN layers (torch's and mmcv's) to BatchNorm,
    after ``Runner`` applied ``cfg.sync_bn``, as ``Runner`` itself does for non-distributed runs.
 
+``FlexibleRunner`` configs get the same: its ``DDPStrategy`` wraps with ``MMFameCPUDDP``, and
+``FSDPStrategy``, which passes ``device_id=LOCAL_RANK`` (a CUDA index), wraps with
+``MMFameCPUFSDP``: ``MMFullyShardedDataParallel`` on ``device_id=torch.device('cpu')``. Its
+``state_dict_cfg='full'`` offloads to the CPU, which for CPU tensors crashes torch 2.13 in
+``state_dict()`` (a segfault): it becomes the same full, rank-0 state dict without offloading.
+
 :func:`finalize_distributed` adds a ``dist.barrier()`` before ``destroy_process_group()`` at the end
 of a CPU run (gloo otherwise aborts sporadically when one rank exits first).
 
@@ -32,11 +38,16 @@ import torch
 
 __all__ = [
     'cuda_available', 'setup_cpu_distributed', 'patch_init_dist_for_cpu',
-    'finalize_distributed', 'MMFameCPUDDP', 'CPU_DDP_TYPE'
+    'finalize_distributed', 'MMFameCPUDDP', 'MMFameCPUFSDP', 'CPU_DDP_TYPE', 'CPU_FSDP_TYPE'
 ]
 
 CPU_DDP_TYPE = 'MMFameCPUDDP'
+CPU_FSDP_TYPE = 'MMFameCPUFSDP'
 _DDP_TYPES = ('MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
+_FSDP_TYPES = ('MMFullyShardedDataParallel', 'mmengine.MMFullyShardedDataParallel')
+# FlexibleRunner strategies: their default wrapper, and the CPU builder that replaces it.
+_STRATEGY_WRAPPERS = {'DDPStrategy': ('MMDistributedDataParallel', _DDP_TYPES, CPU_DDP_TYPE),
+                      'FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES, CPU_FSDP_TYPE)}
 
 
 def cuda_available() -> bool:
@@ -60,10 +71,24 @@ class MMFameCPUDDP:
         return MMDistributedDataParallel(module=module, device_ids=None, **kwargs)
 
 
-def _register_wrapper() -> None:
+class MMFameCPUFSDP:
+    """Builds ``MMFullyShardedDataParallel(module, device_id=torch.device('cpu'), ...)``.
+
+    ``FSDPStrategy`` passes ``device_id=LOCAL_RANK``, which FSDP takes for a CUDA device.
+    """
+
+    def __new__(cls, module, **kwargs):  # type: ignore[misc]
+        from mmengine.model import MMFullyShardedDataParallel, revert_sync_batchnorm
+        kwargs.pop('device_id', None)
+        return MMFullyShardedDataParallel(module=revert_sync_batchnorm(module),
+                                          device_id=torch.device('cpu'), **kwargs)
+
+
+def _register_wrappers() -> None:
     from mmengine.registry import MODEL_WRAPPERS
-    if MODEL_WRAPPERS.get(CPU_DDP_TYPE) is None:
-        MODEL_WRAPPERS.register_module(name=CPU_DDP_TYPE, module=MMFameCPUDDP)
+    for name, builder in ((CPU_DDP_TYPE, MMFameCPUDDP), (CPU_FSDP_TYPE, MMFameCPUFSDP)):
+        if MODEL_WRAPPERS.get(name) is None:
+            MODEL_WRAPPERS.register_module(name=name, module=builder)
 
 
 def _noop_set_device(device: Any) -> None:
@@ -123,7 +148,10 @@ def setup_cpu_distributed(cfg) -> bool:
     if dist_cfg.get('backend', 'nccl') == 'nccl':  # mmengine's default is nccl
         dist_cfg['backend'] = 'gloo'
 
-    _register_wrapper()
+    _register_wrappers()
+    strategy = cfg.get('strategy')
+    if cfg.get('runner_type') is not None and strategy is not None:
+        _adapt_strategy(strategy)
     wrapper_cfg: Optional[dict] = cfg.get('model_wrapper_cfg')
     if wrapper_cfg is None:
         cfg['model_wrapper_cfg'] = ConfigDict(
@@ -132,10 +160,32 @@ def setup_cpu_distributed(cfg) -> bool:
             find_unused_parameters=cfg.get('find_unused_parameters', False))
     elif wrapper_cfg.get('type', 'MMDistributedDataParallel') in _DDP_TYPES:
         wrapper_cfg['type'] = CPU_DDP_TYPE
-    # Other wrappers (FSDP, DeepSpeed, ...) are left alone: they have their own device handling.
+    # Other wrappers (DeepSpeed, ...) are left alone: they have their own device handling.
 
     patch_init_dist_for_cpu()
     return True
+
+
+def _adapt_strategy(strategy) -> None:
+    """A FlexibleRunner ``strategy`` dict: its DDP/FSDP model wrapper becomes the CPU builder."""
+    name = strategy.get('type')
+    if name not in _STRATEGY_WRAPPERS:
+        return
+    default, types, cpu_type = _STRATEGY_WRAPPERS[name]
+    if strategy.get('model_wrapper') is None:
+        strategy['model_wrapper'] = dict(type=default)
+        if name == 'DDPStrategy':  # DDPStrategy's own default
+            strategy['model_wrapper']['broadcast_buffers'] = False
+    wrapper = strategy['model_wrapper']
+    if wrapper.get('type', default) in types:
+        wrapper['type'] = cpu_type
+    if name == 'FSDPStrategy' and strategy.get('state_dict_cfg') == 'full':
+        strategy['state_dict_cfg'] = dict(
+            state_dict_type='FULL_STATE_DICT',
+            state_dict_config=dict(type='FullStateDictConfig', rank0_only=True,
+                                   offload_to_cpu=False),
+            optim_state_dict_config=dict(type='FullOptimStateDictConfig', rank0_only=True,
+                                         offload_to_cpu=False))
 
 
 def finalize_distributed() -> None:

@@ -2,14 +2,16 @@
 finds them.
 
 mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` resolves under any
-``default_scope``. Registration is idempotent (repeated imports, pytest collection) and never
-overrides another package's ``FAME``.
+``default_scope``. ``torch.optim.FAME`` is set too, where mmengine's
+``ZeroRedundancyOptimizer`` looks ``optimizer_type`` up. Registration is idempotent (repeated
+imports, pytest collection) and never overrides another package's ``FAME``.
 """
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
 
 from mmfame.optim import FAME
 
 from .optimizers import FAMEOptimWrapperConstructor
+from .sharding import ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume
 
 
 def register(registry: Registry, name: str, module) -> None:
@@ -26,5 +28,9 @@ def register(registry: Registry, name: str, module) -> None:
 
 def register_all() -> None:
     register(OPTIMIZERS, 'FAME', FAME)
+    # mmengine's ZeroRedundancyOptimizer finds optimizer_type='FAME' only in torch.optim.
+    expose_in_torch_optim('FAME', FAME)
+    register(HOOKS, 'ZeroCheckpointHook', ZeroCheckpointHook)
+    patch_fsdp_resume()
     register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
              FAMEOptimWrapperConstructor)

@@ -11,6 +11,9 @@ On top of every ``paramwise_cfg`` key of :class:`DefaultOptimWrapperConstructor`
 * passes per-group FAME keys (``betas``, ``beta3``, ``beta4``, ``eps``) from ``custom_keys`` and
   validates them, and rejects FAME configs that cannot be right (SGD leftovers, decay mults
   without weight decay, unknown keys);
+* checks sharded setups (:mod:`mmfame.engine.sharding`): a ZeRO-1 ``optimizer_type`` that cannot
+  resolve, ``paramwise_cfg`` on an FSDP model with flattened parameters; under FSDP it clips
+  gradients by their norm over all ranks;
 * logs the resulting groups compactly.
 """
 from typing import List
@@ -21,6 +24,8 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIMIZERS
 
 from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters
+
+from ..sharding import check_fsdp_model, check_zero_cfg, fsdp_clip_func, zero_inner_type
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
 _MEMBER_KEYS = ('params', 'param_names')
@@ -48,7 +53,8 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """
 
     def _validate_cfg(self) -> None:
-        if _is_fame(self.optimizer_cfg.get('type')):
+        check_zero_cfg(self.optimizer_cfg)
+        if _is_fame(zero_inner_type(self.optimizer_cfg) or self.optimizer_cfg.get('type')):
             self._check_fame_cfg()
         decay_type = self.paramwise_cfg.get('decay_type', 'layer_wise')
         if 'decay_rate' in self.paramwise_cfg:
@@ -64,7 +70,7 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     def _check_fame_cfg(self) -> None:
         """Reject FAME configs that would train wrongly or fail deep inside the optimizer."""
-        cfg = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
+        cfg = {k: v for k, v in self.optimizer_cfg.items() if k not in ('type', 'optimizer_type')}
         check_arguments(cfg, where='optim_wrapper.optimizer')
         check_hyper_parameters(cfg, where='optim_wrapper.optimizer')
         if not self.base_wd:
@@ -147,7 +153,11 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         return list(merged.values())
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
+        check_fsdp_model(model, self.paramwise_cfg)
         optim_wrapper = super().__call__(model)
+        clip = fsdp_clip_func(model)
+        if clip is not None and getattr(optim_wrapper, 'grad_name', None) == 'grad_norm':
+            optim_wrapper.clip_func = clip
         _log_groups(optim_wrapper.optimizer)
         return optim_wrapper
 

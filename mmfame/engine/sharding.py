@@ -1,0 +1,172 @@
+"""FAME's state sharded across ranks: what mmengine's ZeRO-1 wrapper and FSDPStrategy need.
+
+* ZeRO-1 (``optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...)``, the form
+  configs write for AdamW): mmengine's wrapper resolves ``optimizer_type`` with
+  ``getattr(torch.optim, optimizer_type)`` only, so :func:`expose_in_torch_optim` makes FAME an
+  attribute of ``torch.optim`` (never replacing another). :func:`check_zero_cfg` names the fix for
+  an ``optimizer_type`` that cannot resolve, at build time. mmengine saves checkpoints on rank 0
+  only, but gathering the shards (``consolidate_state_dict``) needs every rank: without
+  :class:`ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs.
+* FSDP (``FlexibleRunner`` + ``FSDPStrategy``): the optimizer is built on the wrapped model. With
+  ``use_orig_params=False`` it sees flat parameters that no ``paramwise_cfg`` rule can tell apart,
+  and mmengine's gradient clipping by norm would take each rank's norm of its own shard:
+  :func:`check_fsdp_model` refuses the first and :func:`fsdp_clip_func` clips by the global norm.
+  mmengine 0.10's ``FSDPStrategy.load_optim_state_dict`` passes its arguments in torch 2.0's order,
+  which torch >= 2.1 reads as ``(model, optim, optim_state_dict)``: every resume fails.
+  :func:`patch_fsdp_resume` passes them by name.
+"""
+import difflib
+import functools
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.hooks import Hook
+
+ZERO_TYPES = ('ZeroRedundancyOptimizer', 'mmengine.ZeroRedundancyOptimizer')
+_USE_ORIG = "model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True)"
+
+
+def expose_in_torch_optim(name: str, cls: type) -> None:
+    """``torch.optim.<name> = cls`` for mmengine's ZeRO wrapper; idempotent, never overrides.
+
+    Call it after ``mmengine.optim`` is imported: mmengine registers every ``torch.optim``
+    attribute when that module is first imported, and ``cls`` is registered by mmfame itself.
+    """
+    existing = getattr(torch.optim, name, None)
+    if existing is None or (existing.__module__, existing.__qualname__) == (
+            cls.__module__, cls.__qualname__):
+        setattr(torch.optim, name, cls)
+    else:
+        raise KeyError(f'torch.optim.{name} already exists ({existing.__module__}); mmfame '
+                       'will not override it')
+
+
+def zero_inner_type(optimizer_cfg: dict) -> Optional[str]:
+    """The ``optimizer_type`` of a ZeRO optimizer config, or None if it is not one."""
+    if optimizer_cfg.get('type') not in ZERO_TYPES:
+        return None
+    return optimizer_cfg.get('optimizer_type')
+
+
+def check_zero_cfg(optimizer_cfg: dict, where: str = 'optim_wrapper.optimizer') -> None:
+    """Refuse a ZeRO config whose ``optimizer_type`` mmengine's wrapper cannot resolve."""
+    if optimizer_cfg.get('type') not in ZERO_TYPES:
+        return
+    name = optimizer_cfg.get('optimizer_type')
+    if isinstance(name, str) and isinstance(getattr(torch.optim, name, None), type):
+        return
+    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+             and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)]
+    lower = {n.lower(): n for n in names}
+    hint = [lower[n] for n in difflib.get_close_matches(str(name).lower(), lower, n=1)]
+    raise ValueError(
+        f'{where}: ZeroRedundancyOptimizer needs optimizer_type, the name of a torch.optim '
+        f'optimizer (mmengine looks it up in torch.optim), got {name!r}'
+        + (f': did you mean {hint[0]!r}?' if hint else '')
+        + " FAME is found there once mmfame is imported: custom_imports=dict(imports=['mmfame']),"
+        " optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', lr=...)")
+
+
+def _fsdp(model: nn.Module):
+    """The model as torch's FSDP (1) wrapper, or None."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # a torch without distributed
+        return None
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
+def check_fsdp_model(model: nn.Module, paramwise_cfg: dict) -> None:
+    """Refuse parameter-wise rules on an FSDP model whose parameters are flattened."""
+    fsdp = _fsdp(model)
+    if fsdp is None or getattr(fsdp, '_use_orig_params', True) or not paramwise_cfg:
+        return
+    raise ValueError(
+        'optim_wrapper.paramwise_cfg cannot apply to an FSDP model with use_orig_params=False: '
+        'the optimizer sees flat parameters, not the layers the rules name (norm and bias decay '
+        f'mults, custom_keys), so they would be silently ignored. Set {_USE_ORIG} in the '
+        "strategy (mmengine's default), or remove paramwise_cfg.")
+
+
+def fsdp_clip_func(model: nn.Module) -> Optional[Callable]:
+    """For an FSDP model, a ``clip_grad_norm_`` that takes the norm over all ranks' shards.
+
+    ``torch.nn.utils.clip_grad_norm_`` (mmengine's ``clip_grad``) would take each rank's norm of
+    its own shard and scale the shards differently; FSDP's own method reduces the norm first.
+    """
+    fsdp = _fsdp(model)
+    if fsdp is None:
+        return None
+
+    def clip_grad_norm_(params, max_norm, norm_type=2.0, **kwargs):
+        return fsdp.clip_grad_norm_(max_norm, norm_type)
+
+    return clip_grad_norm_
+
+
+def _zero_optimizer(runner):
+    """The runner's ZeroRedundancyOptimizer, or None."""
+    try:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+    except ImportError:
+        return None
+    optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
+    return optimizer if isinstance(optimizer, ZeroRedundancyOptimizer) else None
+
+
+class ZeroCheckpointHook(Hook):
+    """Gathers a ZeroRedundancyOptimizer's shards on rank 0 before every checkpoint.
+
+    ``Runner.save_checkpoint`` runs on rank 0 only, and mmengine's wrapper gathers the shards in
+    ``state_dict()`` there: a collective the other ranks never join. This hook makes every
+    rank's ``save_checkpoint`` call (all ranks make it, from ``CheckpointHook``) gather first;
+    rank 0 then saves the full state and frees the gathered copy. Does nothing without ZeRO.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        optimizer = _zero_optimizer(runner)
+        if optimizer is None or getattr(runner.save_checkpoint, '_mmfame_zero', False):
+            return
+        save = runner.save_checkpoint
+
+        @functools.wraps(save)
+        def save_checkpoint(*args, **kwargs):
+            optimizer.consolidate_state_dict(to=0)  # every rank
+            optimizer.consolidate_state_dict = _gathered  # state_dict() must not gather again
+            try:
+                return save(*args, **kwargs)  # rank 0 only
+            finally:
+                del optimizer.consolidate_state_dict
+                optimizer._all_state_dicts = []
+
+        save_checkpoint._mmfame_zero = True  # type: ignore[attr-defined]
+        runner.save_checkpoint = save_checkpoint
+
+
+def _gathered(to: int = 0) -> None:
+    """Stands in for ``consolidate_state_dict`` while the gathered shards are saved."""
+
+
+def patch_fsdp_resume() -> None:
+    """Make mmengine's ``FSDPStrategy`` resume on torch >= 2.1 (see the module docstring)."""
+    try:
+        import inspect
+
+        from mmengine._strategy import FSDPStrategy
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    except ImportError:
+        return
+    if list(inspect.signature(FSDP.optim_state_dict_to_load).parameters)[:1] != ['model'] or \
+            getattr(FSDPStrategy.load_optim_state_dict, '_mmfame', False):
+        return
+
+    def load_optim_state_dict(self, state_dict: dict) -> None:
+        optim_state_dict = FSDP.optim_state_dict_to_load(
+            model=self.model, optim=self.optim_wrapper.optimizer, optim_state_dict=state_dict)
+        self.optim_wrapper.load_state_dict(optim_state_dict)
+
+    load_optim_state_dict._mmfame = True  # type: ignore[attr-defined]
+    FSDPStrategy.load_optim_state_dict = load_optim_state_dict
