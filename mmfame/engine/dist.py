@@ -36,6 +36,8 @@ from typing import Any, Optional
 
 import torch
 
+from mmfame.optim._compat import TORCH_VERSION
+
 __all__ = [
     'cuda_available', 'setup_cpu_distributed', 'patch_init_dist_for_cpu',
     'finalize_distributed', 'MMFameCPUDDP', 'MMFameCPUFSDP', 'CPU_DDP_TYPE', 'CPU_FSDP_TYPE'
@@ -171,6 +173,12 @@ def _adapt_strategy(strategy) -> None:
     name = strategy.get('type')
     if name not in _STRATEGY_WRAPPERS:
         return
+    if name == 'FSDPStrategy' and TORCH_VERSION < (2, 2):
+        raise RuntimeError(
+            f"FSDPStrategy without CUDA needs a newer torch than {torch.__version__}: its FSDP "
+            "creates CUDA streams (tested on CPU: torch 2.13). Use DDP or ZeRO-1 there: "
+            "optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...) with "
+            "custom_hooks=[dict(type='ZeroCheckpointHook')]")
     default, types, cpu_type = _STRATEGY_WRAPPERS[name]
     if strategy.get('model_wrapper') is None:
         strategy['model_wrapper'] = dict(type=default)
