@@ -270,3 +270,27 @@ def test_fsdp_clips_by_the_norm_over_all_shards(one_rank_group):
                      clip_grad=dict(max_norm=1.0))
     assert wrapper.clip_func is not torch.nn.utils.clip_grad_norm_
     assert wrapper.clip_func.__qualname__.startswith('fsdp_clip_func')
+
+
+def test_cpu_strategy_rewrite(monkeypatch):
+    """Without CUDA a FlexibleRunner's FSDP strategy wraps on the CPU and gathers its full state
+    dict without offloading; on a torch whose FSDP needs CUDA it is refused before it starts."""
+    from mmengine.config import Config
+
+    from mmfame.engine import dist as mmfame_dist
+    monkeypatch.setattr(mmfame_dist, 'cuda_available', lambda: False)
+    monkeypatch.setattr(mmfame_dist, 'patch_init_dist_for_cpu', lambda: True)
+
+    def cfg():
+        return Config(dict(launcher='pytorch', runner_type='FlexibleRunner',
+                           strategy=dict(type='FSDPStrategy', state_dict_cfg='full')))
+
+    monkeypatch.setattr(mmfame_dist, 'TORCH_VERSION', (2, 13))
+    c = cfg()
+    assert mmfame_dist.setup_cpu_distributed(c)
+    assert c.strategy.model_wrapper.type == mmfame_dist.CPU_FSDP_TYPE
+    assert c.strategy.state_dict_cfg.state_dict_config.offload_to_cpu is False
+    assert c.env_cfg.dist_cfg.backend == 'gloo'
+    monkeypatch.setattr(mmfame_dist, 'TORCH_VERSION', (2, 1, 2))
+    with pytest.raises(RuntimeError, match='ZeroRedundancyOptimizer'):
+        mmfame_dist.setup_cpu_distributed(cfg())
