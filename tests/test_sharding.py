@@ -1,7 +1,8 @@
 """FAME's state sharded across 2 gloo CPU ranks through tools/dist_train.sh, against plain DDP.
 
-The detection demo config trains 2N iterations with checkpoints every N, three ways: DDP (the
-reference), ZeRO-1 (the config form of docs/sharding.md) and FSDP through FlexibleRunner. Each
+The detection demo config trains 2N iterations with checkpoints every N, four ways: DDP (the
+reference), ZeRO-1 (the config form of docs/sharding.md, with the Runner and with FlexibleRunner's
+DDPStrategy) and FSDP through FlexibleRunner. Each
 sharded run must match DDP bit for bit (weights and FAME state), hold about half the state per
 rank, save the full state in its checkpoint and resume from it bit-identically; a ZeRO checkpoint
 also resumes into one rank. Sharding configs that cannot work fail at build time, naming the fix.
@@ -37,14 +38,19 @@ SETTINGS = {
     'zero': '''\
         optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor',
                              optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME'))
-        custom_hooks = [dict(type='ZeroCheckpointHook'), dict(type='RankStateHook')]
+        ''',
+    'zero-flexible': '''\
+        runner_type = 'FlexibleRunner'
+        strategy = dict(type='DDPStrategy')
+        optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor',
+                             optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME'))
         ''',
     'fsdp': '''\
         runner_type = 'FlexibleRunner'
         strategy = dict(type='FSDPStrategy', state_dict_cfg='full')
         ''',
 }
-SHARDED = ('zero', 'fsdp')
+SHARDED = ('zero', 'zero-flexible', 'fsdp')
 FSDP_ON_CPU = TORCH_VERSION >= (2, 2)
 FSDP_REASON = "torch 2.1's FSDP creates CUDA streams: FSDP without a GPU needs a newer torch"
 
@@ -97,10 +103,17 @@ def _state(ckpt, names):
             for pi, key in enumerate(group['params'])}
 
 
+def _weights(ckpt):
+    """The checkpoint's weights; FlexibleRunner's DDPStrategy saves the wrapper's keys
+    (``module.`` first) and strips them again on load."""
+    return {k.removeprefix('module.'): v for k, v in ckpt['state_dict'].items()}
+
+
 def _assert_same(a, b):
-    assert a['state_dict'].keys() == b['state_dict'].keys()
-    for k, v in a['state_dict'].items():
-        assert torch.equal(v, b['state_dict'][k]), f'weight {k} differs'
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k, v in wa.items():
+        assert torch.equal(v, wb[k]), f'weight {k} differs'
     # the same constructor made the same groups in both; FSDP's groups name their members
     names = {}
     for ckpt in (a, b):
@@ -150,14 +163,13 @@ def test_each_rank_holds_about_half_the_state(runs, setting):
     shards = rank_bytes(runs[setting]['work_dir'])
     assert sum(shards) == full[0], (shards, full)  # every element's state held exactly once
     assert all(0.3 * full[0] < s < 0.7 * full[0] for s in shards), (shards, full)
-    # what tools/analysis_tools/state_memory.py computes for the docs' table
-    optim = _load(osp.join(runs['ddp']['work_dir'], f'iter_{2 * N}.pth'))['optimizer']
-    groups = [[optim['state'][i]['exp_avg'].numel() for i in g['params']]
-              for g in optim['param_groups']]
-    if setting == 'zero':
+    # what tools/analysis_tools/state_memory.py computes for the docs' table, from the config
+    groups = state_memory.model_groups(runs['ddp']['cfg'])
+    assert state_memory.trained_elements(groups) * FAME_BYTES == full[0]
+    if setting.startswith('zero'):
         expected = [n * FAME_BYTES for n in state_memory.zero_shards(groups, 2)]
     else:
-        total = sum(map(sum, groups))
+        total = state_memory.trained_elements(groups)
         expected = [n * FAME_BYTES for n in (-(-total // 2), total - -(-total // 2))]
     assert shards == expected, (shards, expected)
 
@@ -233,7 +245,7 @@ BAD = {
                            ["did you mean 'FAME'"]),
     'zero without optimizer_type': (_Net, ZERO, {}, ValueError, ['optimizer_type']),
     'zero SGD leftover': (_Net, dict(ZERO, optimizer_type='FAME', momentum=0.9), {}, TypeError,
-                          ['momentum', '_delete_=True']),
+                          ['momentum', '_delete_=True', "type='ZeroRedundancyOptimizer'"]),
     'fsdp flat params with paramwise_cfg': (
         lambda: _fsdp(False), dict(type='FAME', lr=1e-3, weight_decay=0.05),
         dict(paramwise_cfg=dict(norm_decay_mult=0.)), ValueError,
@@ -262,6 +274,36 @@ def test_zero_config_form_builds_fame_shards(one_rank_group, constructor):
     assert isinstance(zero.optim, FAME)
     decays = sorted(g['weight_decay'] for g in zero.param_groups)
     assert decays[0] == 0 and decays[-1] == 0.05  # the constructor's groups reach ZeRO
+
+
+HOOK_CASES = {
+    # case: (runner type, optimizer type, hooks the config lists, ZeroCheckpointHooks expected)
+    'Runner, ZeRO': ('Runner', 'ZeroRedundancyOptimizer', [], 1),
+    'Runner, ZeRO, hook listed': ('Runner', 'ZeroRedundancyOptimizer', ['ZeroCheckpointHook'], 1),
+    'Runner, FAME': ('Runner', 'FAME', [], 0),
+    'FlexibleRunner, ZeRO': ('FlexibleRunner', 'ZeroRedundancyOptimizer', [], 1),
+    'FlexibleRunner, FAME': ('FlexibleRunner', 'FAME', [], 0),
+}
+
+
+@pytest.mark.parametrize('case', HOOK_CASES, ids=list(HOOK_CASES))
+def test_zero_runners_get_the_checkpoint_hook_once(tmp_path, case):
+    """Without ZeroCheckpointHook a ZeRO run hangs at its first checkpoint: the config form needs
+    no custom_hooks entry, and one that lists the hook does not get a second."""
+    import mmfame  # noqa: F401
+    from mmengine.registry import RUNNERS
+
+    from mmfame.engine.sharding import ZeroCheckpointHook
+    runner_type, optimizer_type, hooks, expected = HOOK_CASES[case]
+    optimizer = dict(type=optimizer_type, lr=1e-3)
+    if optimizer_type.startswith('Zero'):
+        optimizer['optimizer_type'] = 'FAME'
+    runner = RUNNERS.get(runner_type)(
+        model=nn.Linear(2, 2), work_dir=str(tmp_path), experiment_name=f'hooks_{case}',
+        train_dataloader=dict(dataset=[], sampler=dict(type='DefaultSampler'), batch_size=1),
+        train_cfg=dict(by_epoch=False, max_iters=1), optim_wrapper=dict(optimizer=optimizer),
+        custom_hooks=[dict(type=h) for h in hooks], default_scope='mmengine')
+    assert sum(isinstance(h, ZeroCheckpointHook) for h in runner.hooks) == expected
 
 
 @pytest.mark.skipif(not FSDP_ON_CPU, reason=FSDP_REASON)

@@ -177,8 +177,7 @@ def _adapt_strategy(strategy) -> None:
         raise RuntimeError(
             f"FSDPStrategy without CUDA needs a newer torch than {torch.__version__}: its FSDP "
             "creates CUDA streams (tested on CPU: torch 2.13). Use DDP or ZeRO-1 there: "
-            "optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...) with "
-            "custom_hooks=[dict(type='ZeroCheckpointHook')]")
+            "optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...)")
     default, types, cpu_type = _STRATEGY_WRAPPERS[name]
     if strategy.get('model_wrapper') is None:
         strategy['model_wrapper'] = dict(type=default)

@@ -3,7 +3,8 @@ finds them.
 
 mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` resolves under any
 ``default_scope``. ``torch.optim.FAME`` is set too, where mmengine's
-``ZeroRedundancyOptimizer`` looks ``optimizer_type`` up. Registration is idempotent (repeated
+``ZeroRedundancyOptimizer`` looks ``optimizer_type`` up, and runners with a ZeRO optimizer get
+the hook that lets them checkpoint. Registration is idempotent (repeated
 imports, pytest collection) and never overrides another package's ``FAME``.
 """
 from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
@@ -11,7 +12,8 @@ from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Reg
 from mmfame.optim import FAME
 
 from .optimizers import FAMEOptimWrapperConstructor
-from .sharding import ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume
+from .sharding import (ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume,
+                       patch_runners_for_zero)
 
 
 def register(registry: Registry, name: str, module) -> None:
@@ -31,6 +33,7 @@ def register_all() -> None:
     # mmengine's ZeroRedundancyOptimizer finds optimizer_type='FAME' only in torch.optim.
     expose_in_torch_optim('FAME', FAME)
     register(HOOKS, 'ZeroCheckpointHook', ZeroCheckpointHook)
+    patch_runners_for_zero()  # rank-0 checkpoints of ZeRO hang without that hook
     patch_fsdp_resume()
     register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
              FAMEOptimWrapperConstructor)

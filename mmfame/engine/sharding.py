@@ -6,7 +6,8 @@
   attribute of ``torch.optim`` (never replacing another). :func:`check_zero_cfg` names the fix for
   an ``optimizer_type`` that cannot resolve, at build time. mmengine saves checkpoints on rank 0
   only, but gathering the shards (``consolidate_state_dict``) needs every rank: without
-  :class:`ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs.
+  :class:`ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs, so
+  :func:`patch_runners_for_zero` gives that hook to every runner whose optimizer is ZeRO.
 * FSDP (``FlexibleRunner`` + ``FSDPStrategy``): the optimizer is built on the wrapped model. With
   ``use_orig_params=False`` it sees flat parameters that no ``paramwise_cfg`` rule can tell apart,
   and mmengine's gradient clipping by norm would take each rank's norm of its own shard:
@@ -148,6 +149,40 @@ class ZeroCheckpointHook(Hook):
 
 def _gathered(to: int = 0) -> None:
     """Stands in for ``consolidate_state_dict`` while the gathered shards are saved."""
+
+
+def asks_for_zero(optim_wrapper) -> bool:
+    """Whether a runner's ``optim_wrapper`` (a config or a built wrapper) uses ZeRO-1."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    optimizer = (optim_wrapper.get('optimizer') if isinstance(optim_wrapper, dict)
+                 else getattr(optim_wrapper, 'optimizer', None))
+    if isinstance(optimizer, dict):
+        kind = optimizer.get('type')
+        return kind in ZERO_TYPES or (isinstance(kind, type)
+                                      and issubclass(kind, ZeroRedundancyOptimizer))
+    return isinstance(optimizer, ZeroRedundancyOptimizer)
+
+
+def patch_runners_for_zero() -> None:
+    """Register :class:`ZeroCheckpointHook` on every ``Runner``/``FlexibleRunner`` whose
+    optimizer is ZeRO-1 and whose config does not list the hook already."""
+    if not torch.distributed.is_available():
+        return
+    from mmengine.runner import FlexibleRunner, Runner
+    for runner_cls in (Runner, FlexibleRunner):
+        if getattr(runner_cls.register_hooks, '_mmfame', False):
+            continue
+
+        def register_hooks(self, default_hooks=None, custom_hooks=None,
+                           _register_hooks=runner_cls.register_hooks):
+            _register_hooks(self, default_hooks, custom_hooks)
+            if asks_for_zero(self.optim_wrapper) and not any(
+                    isinstance(hook, ZeroCheckpointHook) for hook in self.hooks):
+                self.register_hook(ZeroCheckpointHook())
+
+        register_hooks = functools.wraps(runner_cls.register_hooks)(register_hooks)
+        register_hooks._mmfame = True  # type: ignore[attr-defined]
+        runner_cls.register_hooks = register_hooks
 
 
 def patch_fsdp_resume() -> None:
