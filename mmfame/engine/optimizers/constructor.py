@@ -34,6 +34,10 @@ _DECAY_TYPES = ('layer_wise', 'stage_wise')
 # custom_keys entries: mmengine's multipliers, and FAME's own arguments per group.
 _CUSTOM_KEYS = ('lr_mult', 'decay_mult')
 _TOKENS = ('backbone.cls_token', 'backbone.mask_token', 'backbone.pos_embed')
+_DELETE_ZERO_BASE = ("in an OpenMMLab config they come from an SGD base optimizer: write "
+                     "optim_wrapper=dict(optimizer=dict(_delete_=True, "
+                     "type='ZeroRedundancyOptimizer', optimizer_type='FAME', lr=..., "
+                     "weight_decay=...)) to drop the base settings")
 
 
 class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -71,7 +75,8 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def _check_fame_cfg(self) -> None:
         """Reject FAME configs that would train wrongly or fail deep inside the optimizer."""
         cfg = {k: v for k, v in self.optimizer_cfg.items() if k not in ('type', 'optimizer_type')}
-        check_arguments(cfg, where='optim_wrapper.optimizer')
+        fix = dict(sgd_fix=_DELETE_ZERO_BASE) if zero_inner_type(self.optimizer_cfg) else {}
+        check_arguments(cfg, where='optim_wrapper.optimizer', **fix)
         check_hyper_parameters(cfg, where='optim_wrapper.optimizer')
         if not self.base_wd:
             custom = self.paramwise_cfg.get('custom_keys', {})
