@@ -22,12 +22,13 @@ def demo_data(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def slurm_cluster(tmp_path_factory):
-    """A private single-node Slurm (tests/slurm/start.sh), stopped by pid files at teardown."""
+    """A private two-node Slurm (tests/slurm/start.sh), stopped by pid files at teardown."""
     mode = e2e.slurm_mode()
     if mode not in ('install', 'installed'):
         pytest.skip(mode)
     state = str(tmp_path_factory.mktemp('slurm'))
-    env = e2e.tool_env(MMFAME_SLURMCTLD_PORT=e2e.free_port(), MMFAME_SLURMD_PORT=e2e.free_port(),
+    ctld, *slurmds = e2e.free_ports(3)
+    env = e2e.tool_env(MMFAME_SLURMCTLD_PORT=ctld, MMFAME_SLURMD_PORTS=' '.join(map(str, slurmds)),
                        MMFAME_SLURM_NO_INSTALL=int(mode == 'installed'))
     try:
         proc = subprocess.run(['bash', osp.join(e2e.SLURM_DIR, 'start.sh'), state], env=env,

@@ -19,10 +19,20 @@ SEG_CFG = osp.join(REPO, 'configs', 'demo',
                    'segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py')
 
 
+def free_ports(n):
+    """n distinct free TCP ports (the sockets are held open together until all are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def tool_env(**extra):

@@ -9,9 +9,10 @@ workers. The slow tests are marked ``slow`` but run by default.
   FAME optimizer state after N + N resumed iterations equal those of an uninterrupted 2N run;
 * the same with upstream mmdet's and mmseg's own packaged train.py/test.py (what ``mim train``
   runs), which find FAME and the checkpoint allowlist through the config's ``custom_imports``;
-* ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo) and ``tools/slurm_train.sh`` on a real
-  single-node Slurm (slurmctld + slurmd + munge, started by tests/slurm/start.sh as root; it
-  installs them only under CI=true) train with 2 processes whose final weights agree;
+* ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo) trains 2 processes to the same weights, and
+  ``tools/slurm_train.sh`` on a real two-node Slurm (slurmctld, a slurmd per node on its own
+  loopback address, munge; started by tests/slurm/start.sh as root, which installs them only
+  under CI=true) trains the same 2 ranks, on one node or across both, to the very same weights;
 * mmfame.engine: checkpoints load with ``torch.load(weights_only=True)`` after
   ``register_checkpoint_safe_globals`` (and not before), the CPU adaptations are no-ops with CUDA.
 """
@@ -75,7 +76,8 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module(force=True)
 class RankWeightsHashHook(Hook):
-    """Test helper: every rank writes world size, wrapper type and a hash of its parameters."""
+    """Test helper: every rank writes world size, wrapper type, a hash of its parameters, and
+    under Slurm its node and the MASTER_ADDR it joined."""
 
     def after_run(self, runner):
         model = runner.model
@@ -86,8 +88,10 @@ class RankWeightsHashHook(Hook):
             h.update(name.encode())
             h.update(p.detach().cpu().contiguous().numpy().tobytes())
         path = os.path.join(runner.work_dir, f'weights_rank{get_rank()}.txt')
+        node = os.environ.get('SLURMD_NODENAME', '-')
         with open(path, 'w') as f:
-            f.write(f'{get_world_size()} {wrapper} {h.hexdigest()}\\n')
+            f.write(f'{get_world_size()} {wrapper} {h.hexdigest()} {node} '
+                    f'{os.environ.get("MASTER_ADDR", "-")}\\n')
 '''
 
 
@@ -106,15 +110,16 @@ def hash_config(tmp_path_factory):
     return str(d / 'det_hash.py'), str(d)
 
 
-def _rank_hashes(work_dir, world_size):
-    lines = []
+def _ranks(work_dir, world_size):
+    """What each rank's RankWeightsHashHook wrote: (weights hash, Slurm node, MASTER_ADDR)."""
+    ranks = []
     for r in range(world_size):
         with open(osp.join(work_dir, f'weights_rank{r}.txt')) as f:
-            lines.append(f.read().split())
-    for ws, wrapper, _ in lines:
+            ws, wrapper, *rest = f.read().split()
         assert int(ws) == world_size
         assert wrapper == 'MMDistributedDataParallel'
-    return {h for _, _, h in lines}
+        ranks.append(tuple(rest))
+    return ranks
 
 
 @pytest.fixture(scope='module')
@@ -358,17 +363,59 @@ def test_upstream_mmseg_tools_resume_bit_identically_and_test(demo_data, tmp_pat
 
 
 # ------------------------------------------------------------------------------ launchers
-@pytest.mark.slow
-def test_dist_train_two_processes(demo_data, hash_config, tmp_path):
+@pytest.fixture(scope='module')
+def dist_run(demo_data, hash_config, tmp_path_factory):
+    """tools/dist_train.sh CONFIG 2 (torchrun, one node): the run the Slurm layouts must equal."""
     cfg, hook_dir = hash_config
-    work = str(tmp_path / 'dist')
+    work = str(tmp_path_factory.mktemp('dist'))
     env = tool_env(PORT=free_port(), PYTHONPATH=hook_dir + os.pathsep
-               + os.environ.get('PYTHONPATH', ''))
+                   + os.environ.get('PYTHONPATH', ''))
     run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work] + cfg_options(
         cfg, demo_data, max_iters=N, ckpt_interval=N, size=64), env=env)
-    log = _last_log(work)
+    return work
+
+
+@pytest.mark.slow
+def test_dist_train_two_processes(dist_run):
+    log = _last_log(dist_run)
     assert 'Distributed launcher: pytorch' in log and 'GPU number: 2' in log
-    assert len(_rank_hashes(work, 2)) == 1, 'ranks ended with different weights'
+    assert len({h for h, _, _ in _ranks(dist_run, 2)}) == 1, 'ranks ended with different weights'
+    assert osp.isfile(osp.join(dist_run, f'iter_{N}.pth'))
+
+
+# The same 2 ranks through tools/slurm_train.sh on the private cluster (tests/slurm/start.sh):
+# GPUS_PER_NODE, and the nodes the ranks must land on in rank order.
+SLURM_LAYOUTS = {
+    'one node': (2, ['mmfame-n1', 'mmfame-n1']),
+    'two nodes': (1, ['mmfame-n1', 'mmfame-n2']),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('layout', SLURM_LAYOUTS)
+def test_slurm_train_equals_one_node(layout, slurm_cluster, demo_data, hash_config, dist_run,
+                                     tmp_path):
+    """Ranks placed by Slurm (MASTER_ADDR resolved from the node list by mmengine's slurm
+    launcher) train to the very weights of the one-node torchrun run."""
+    per_node, nodes = SLURM_LAYOUTS[layout]
+    cfg, hook_dir = hash_config
+    work = str(tmp_path / 'slurm')
+    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=per_node,
+                   CPUS_PER_TASK=1, MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
+                   PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF'] + ['MASTER_ADDR']:
+        env.pop(k, None)  # never inherit an outer allocation or rendezvous
+    cmd = ['timeout', '-k', '30', '600', 'bash', 'tools/slurm_train.sh', slurm_cluster['partition'],
+           'mmfame-test', cfg, work] + cfg_options(
+               cfg, demo_data, max_iters=N, ckpt_interval=N, size=64)
+    run_tool(cmd, env=env, timeout=700)
+    log = _last_log(work)
+    assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
+    ranks = _ranks(work, 2)
+    assert [node for _, node, _ in ranks] == nodes
+    assert {master for _, _, master in ranks} == {'mmfame-n1'}, 'MASTER_ADDR is not the first node'
+    assert {h for h, _, _ in ranks} == {h for h, _, _ in _ranks(dist_run, 2)}, (
+        f'Slurm on {layout} ended with other weights than the one-node torchrun run')
     assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
 
 
@@ -433,25 +480,6 @@ def test_slurm_start_with_no_install_installs_nothing(tmp_path):
     assert proc.returncode == 2, proc.stderr
     calls = apt_log.read_text().splitlines()
     assert calls[0].startswith('install ') and 'slurmd' in calls[0].split(), calls
-
-
-@pytest.mark.slow
-def test_slurm_train_two_tasks(slurm_cluster, demo_data, hash_config, tmp_path):
-    cfg, hook_dir = hash_config
-    work = str(tmp_path / 'slurm')
-    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=2,
-               CPUS_PER_TASK=1, MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
-               PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
-        del env[k]  # never inherit an outer allocation
-    cmd = ['timeout', '-k', '30', '600', 'bash', 'tools/slurm_train.sh', slurm_cluster['partition'],
-           'mmfame-test', cfg, work] + cfg_options(
-               cfg, demo_data, max_iters=N, ckpt_interval=N, size=64)
-    run_tool(cmd, env=env, timeout=700)
-    log = _last_log(work)
-    assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
-    assert len(_rank_hashes(work, 2)) == 1, 'Slurm ranks ended with different weights'
-    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
 
 
 # ----------------------------------------------------------------------------- mmfame.engine
@@ -693,7 +721,8 @@ def test_launcher_scripts_run_upstream_command_lines(case, tmp_path):
     """Each launcher, run as an executable with stand-ins for python/srun first on PATH, runs
     upstream's command line (defaults GPUS=8, GPUS_PER_NODE=8, CPUS_PER_TASK=5, port 29500;
     the env overrides), with the repository on PYTHONPATH. The real runs (torchrun, Slurm) are
-    test_dist_train_two_processes, test_dist_test_two_processes and test_slurm_train_two_tasks."""
+    test_dist_train_two_processes, test_dist_test_two_processes and
+    test_slurm_train_equals_one_node."""
     script, args, env_set, program, argv = LAUNCHER_CASES[case]
     path = osp.join(TOOLS, script)
     assert os.access(path, os.X_OK), f'{script} is not executable'

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Start a private single-node Slurm (slurmctld + slurmd, munge auth) for the launcher tests.
+# Start a private two-node Slurm (slurmctld + one slurmd per node, munge auth) for the launcher
+# tests.
 #
-# Usage: [MMFAME_SLURM_NO_INSTALL=1] tests/slurm/start.sh STATE_DIR
+# Usage: [MMFAME_SLURM_NO_INSTALL=1] [MMFAME_SLURMCTLD_PORT=P] [MMFAME_SLURMD_PORTS="P1 P2"]
+#        tests/slurm/start.sh STATE_DIR
 #   Installs Debian's slurmctld/slurmd/slurm-client/munge with apt-get when missing (with
 #   MMFAME_SLURM_NO_INSTALL=1 it installs nothing and exits 2 naming what is missing), writes
 #   STATE_DIR/slurm.conf (private ports, pid files, spool and logs all under STATE_DIR), starts
-#   munged (unless one already answers) and the two Slurm daemons, and waits until the node is idle.
+#   munged (unless one already answers), slurmctld and the slurmds, and waits until every node
+#   is idle.
 #   Clients must run with SLURM_CONF=STATE_DIR/slurm.conf. tests/slurm/stop.sh STATE_DIR undoes it.
 #   Needs root. Exit status 2 means "cannot be done here" (not root, Slurm/munge missing and not
 #   to be installed, no apt-get, install failed); any other failure is an error. The tests install
 #   only under CI=true, where every failure to start fails them (see slurm_cluster in
 #   tests/test_tools.py).
 #
-# The node advertises Gres=gpu:8 (character-device stand-ins) and 16 CPUs (SlurmdParameters=
+# The nodes mmfame-n1 and mmfame-n2 are two slurmds on this machine (slurmd -N), each on its own
+# loopback address (127.0.0.2, 127.0.0.3, named in /etc/hosts) and port, so a job across them
+# resolves MASTER_ADDR and its ranks from the node list as on a real cluster, with traffic only
+# on loopback.
+# Each node advertises Gres=gpu:8 (character-device stand-ins) and 16 CPUs (SlurmdParameters=
 # config_overrides), so OpenMMLab's slurm_train.sh defaults (--gres=gpu:8, --cpus-per-task=5) are
 # accepted even on a CPU-only machine; CUDA_VISIBLE_DEVICES set by the gres plugin is harmless.
 set -euo pipefail
@@ -21,7 +28,7 @@ STATE=${1:?usage: start.sh STATE_DIR}
 mkdir -p "$STATE"
 STATE=$(cd "$STATE" && pwd)
 CTLD_PORT=${MMFAME_SLURMCTLD_PORT:-6917}
-SLURMD_PORT=${MMFAME_SLURMD_PORT:-6918}
+read -r -a SLURMD_PORTS <<< "${MMFAME_SLURMD_PORTS:-6918 6919}"   # one per node
 NODE_CPUS=${MMFAME_SLURM_CPUS:-16}
 
 cannot() { echo "slurm: cannot run here: $*" >&2; exit 2; }
@@ -74,22 +81,34 @@ if ! (munge -n 2>/dev/null | unmunge >/dev/null 2>&1); then
   (munge -n | unmunge >/dev/null) || { echo "slurm: munged did not come up" >&2; exit 1; }
 fi
 
-# --- host name -------------------------------------------------------------------------------
-NODE=$(hostname -s)
-if ! getent hosts "$NODE" >/dev/null; then
-  echo "127.0.0.1 $NODE" >> /etc/hosts
+# --- host names ------------------------------------------------------------------------------
+HOST=$(hostname -s)
+if ! getent hosts "$HOST" >/dev/null; then
+  echo "127.0.0.1 $HOST" >> /etc/hosts
 fi
+NODES=(mmfame-n1 mmfame-n2)
+ADDRS=(127.0.0.2 127.0.0.3)
+[ ${#SLURMD_PORTS[@]} = ${#NODES[@]} ] || { echo "slurm: MMFAME_SLURMD_PORTS needs ${#NODES[@]} ports" >&2; exit 1; }
+for i in "${!NODES[@]}"; do
+  addr=$(getent hosts "${NODES[$i]}" | awk '{print $1}' || true)
+  if [ -z "$addr" ]; then
+    echo "${ADDRS[$i]} ${NODES[$i]}" >> /etc/hosts
+  elif [ "$addr" != "${ADDRS[$i]}" ]; then
+    echo "slurm: ${NODES[$i]} resolves to $addr, not ${ADDRS[$i]} (see /etc/hosts)" >&2
+    exit 1
+  fi
+done
 
 # --- configuration ---------------------------------------------------------------------------
-mkdir -p "$STATE/state" "$STATE/spool" "$STATE/dev"
+mkdir -p "$STATE/state" "$STATE/dev"
+for n in "${NODES[@]}"; do mkdir -p "$STATE/spool/$n"; done
 for i in 0 1 2 3 4 5 6 7; do
   [ -c "$STATE/dev/gpu$i" ] || mknod -m 666 "$STATE/dev/gpu$i" c 1 3
 done
 cat > "$STATE/slurm.conf" <<CONF
 ClusterName=mmfame
-SlurmctldHost=$NODE
+SlurmctldHost=$HOST
 SlurmctldPort=$CTLD_PORT
-SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -109,11 +128,11 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
 StateSaveLocation=$STATE/state
-SlurmdSpoolDir=$STATE/spool
+SlurmdSpoolDir=$STATE/spool/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/slurmctld.log
-SlurmdLogFile=$STATE/slurmd.log
+SlurmdLogFile=$STATE/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 InactiveLimit=0
@@ -121,28 +140,33 @@ KillWait=5
 MinJobAge=30
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$NODE_CPUS Gres=gpu:8 State=UNKNOWN
-PartitionName=mmfame Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+$(for i in "${!NODES[@]}"; do
+    echo "NodeName=${NODES[$i]} NodeAddr=${ADDRS[$i]} Port=${SLURMD_PORTS[$i]}" \
+         "CPUs=$NODE_CPUS Gres=gpu:8 State=UNKNOWN"
+  done)
+PartitionName=mmfame Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP
 CONF
 {
   echo "AutoDetect=off"
-  for i in 0 1 2 3 4 5 6 7; do echo "NodeName=$NODE Name=gpu File=$STATE/dev/gpu$i"; done
+  for n in "${NODES[@]}"; do
+    for i in 0 1 2 3 4 5 6 7; do echo "NodeName=$n Name=gpu File=$STATE/dev/gpu$i"; done
+  done
 } > "$STATE/gres.conf"
 export SLURM_CONF=$STATE/slurm.conf
 
 # --- daemons ---------------------------------------------------------------------------------
 slurmctld -c -f "$SLURM_CONF"
 for _ in $(seq 100); do scontrol ping >/dev/null 2>&1 && break; sleep 0.1; done
-slurmd -f "$SLURM_CONF"
-state=""
+for n in "${NODES[@]}"; do slurmd -f "$SLURM_CONF" -N "$n"; done
+states=""
 for _ in $(seq 200); do
-  state=$(sinfo -h -o %T 2>/dev/null | head -n1 || true)
-  [ "$state" = idle ] && break
+  states=$(sinfo -h -N -o %T 2>/dev/null | sort | uniq -c | xargs || true)
+  [ "$states" = "${#NODES[@]} idle" ] && break
   sleep 0.1
 done
-if [ "$state" != idle ]; then
-  echo "slurm: node did not become idle (state '$state'); logs in $STATE" >&2
-  tail -n 20 "$STATE/slurmctld.log" "$STATE/slurmd.log" >&2 || true
+if [ "$states" != "${#NODES[@]} idle" ]; then
+  echo "slurm: the nodes did not all become idle (states: '$states'); logs in $STATE" >&2
+  tail -n 20 "$STATE"/slurm*.log >&2 || true
   exit 1
 fi
 echo "SLURM_CONF=$SLURM_CONF"

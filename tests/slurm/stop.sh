@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop what tests/slurm/start.sh STATE_DIR started, by pid file only: slurmd, slurmctld, and
+# Stop what tests/slurm/start.sh STATE_DIR started, by pid file only: the slurmds, slurmctld, and
 # munged if (and only if) start.sh started it.
 set -uo pipefail
 STATE=${1:?usage: stop.sh STATE_DIR}
@@ -16,7 +16,7 @@ stop_pid() {  # stop_pid PIDFILE: SIGTERM, wait up to 10 s, then SIGKILL
   rm -f "$f"
 }
 
-stop_pid "$STATE/slurmd.pid"
+for f in "$STATE"/slurmd-*.pid; do stop_pid "$f"; done
 stop_pid "$STATE/slurmctld.pid"
 if [ -f "$STATE/munged.ours" ]; then
   stop_pid /run/munge/munged.pid
