@@ -4,8 +4,8 @@ The detection demo config trains 2N iterations with checkpoints every N, four wa
 reference), ZeRO-1 (the config form of docs/sharding.md, with the Runner and with FlexibleRunner's
 DDPStrategy) and FSDP through FlexibleRunner. Each
 sharded run must match DDP bit for bit (weights and FAME state), hold about half the state per
-rank, save the full state in its checkpoint and resume from it bit-identically; a ZeRO checkpoint
-also resumes into one rank. Sharding configs that cannot work fail at build time, naming the fix.
+rank, save the full state in its checkpoint and resume from it bit-identically; ZeRO and FSDP
+checkpoints also resume into one rank. Sharding configs that cannot work fail at build time, naming the fix.
 """
 import json
 import os
@@ -187,9 +187,12 @@ def test_sharded_resume_is_bit_identical(runs, demo_data, tmp_path, setting):
 
 
 @pytest.mark.slow
-def test_zero_checkpoint_resumes_into_one_rank(runs, demo_data, tmp_path):
-    """A 2-rank ZeRO checkpoint holds the full state: one rank loads all of it and continues."""
-    run = runs['zero']
+@pytest.mark.parametrize('setting', ('zero', 'fsdp'))
+def test_checkpoint_resumes_into_one_rank(runs, demo_data, tmp_path, setting):
+    """A 2-rank checkpoint holds the full state: one rank loads all of it and continues (the
+    global batch halves, so the run differs from the 2-rank one by design)."""
+    _need(setting)
+    run = runs[setting]
     work = str(tmp_path / 'one_rank')
     _train(run['cfg'], demo_data, work, nproc=1,
            extra=['--resume', osp.join(run['work_dir'], f'iter_{N}.pth')])
