@@ -2,14 +2,15 @@
 
 The detection demo config trains 2N iterations with checkpoints every N, four ways: DDP (the
 reference), ZeRO-1 (the config form of docs/sharding.md, with the Runner and with FlexibleRunner's
-DDPStrategy) and FSDP through FlexibleRunner. Each
-sharded run must match DDP bit for bit (weights and FAME state), hold about half the state per
-rank, save the full state in its checkpoint and resume from it bit-identically; ZeRO and FSDP
-checkpoints also resume into one rank. Sharding configs that cannot work fail at build time, naming the fix.
+DDPStrategy) and FSDP through FlexibleRunner. Each sharded run must match DDP bit for bit (weights
+and FAME state), hold about half the state per rank, save the full state in its checkpoint and
+resume from it bit-identically; ZeRO and FSDP checkpoints also resume into one rank. Sharding
+configs that cannot work fail at build time, naming the fix.
 """
 import json
 import os
 import os.path as osp
+import subprocess
 import sys
 import textwrap
 
@@ -265,6 +266,30 @@ def test_sharding_configs_that_cannot_work_fail_at_build(one_rank_group, case):
         _build(model(), dict(optimizer), **wrapper)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+ZERO_FUSED_ON_CPU = textwrap.dedent('''\
+    import sys, torch.distributed as dist, torch.nn as nn
+    import mmfame
+    from mmengine.optim import build_optim_wrapper
+    dist.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0, world_size=1)
+    build_optim_wrapper(nn.Linear(3, 4), dict(type='OptimWrapper', optimizer=dict(
+        type='ZeroRedundancyOptimizer', optimizer_type='FAME', lr=1e-3, fused=True)))
+    ''')
+
+
+def test_zero_fused_on_cpu_tensors_fails_at_build(tmp_path):
+    """Each rank builds FAME on its shard: fused=True on CPU tensors is refused right there
+    (outside Triton's interpreter, which the rest of the suite runs under without a GPU)."""
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['CUDA_VISIBLE_DEVICES'] = ''
+    out = subprocess.run([sys.executable, '-c', ZERO_FUSED_ON_CPU, str(tmp_path / 'store')],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    message = out.stderr.strip().splitlines()[-1]
+    assert 'RuntimeError:' in message and 'fused=True' in message, out.stderr[-2000:]
+    # the fix: the default path on CPU tensors, or (without Triton 3) which Triton it needs
+    assert 'use the default path' in message or 'Triton >= 3.0' in message, message
 
 
 @pytest.mark.parametrize('constructor', ['FAMEOptimWrapperConstructor',
