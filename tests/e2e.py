@@ -48,6 +48,24 @@ def tool_env(**extra):
     return env
 
 
+def slurm_env(slurm_conf, **extra):
+    """tool_env for a Slurm client of the private cluster, without an outer allocation's or
+    rendezvous' variables (SLURM_*, MASTER_ADDR), which would redirect its jobs."""
+    env = tool_env(SLURM_CONF=slurm_conf, **extra)
+    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF'] + ['MASTER_ADDR']:
+        env.pop(k, None)
+    return env
+
+
+def run_outside_triton_interpreter(code, *argv, timeout=300):
+    """``python -c code argv...`` with no GPU and without TRITON_INTERPRET (which the suite sets
+    without a GPU): where the fused kernel must refuse CPU tensors."""
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['CUDA_VISIBLE_DEVICES'] = ''
+    return subprocess.run([PY, '-c', code, *argv], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def run_tool(cmd, env=None, timeout=TOOL_TIMEOUT):
     """Run a tool from the repository root; fail with the tail of its output if it fails."""
     proc = subprocess.run(cmd, cwd=REPO, env=env or tool_env(), stdout=subprocess.PIPE,

@@ -1,9 +1,6 @@
 """FAME against a float64 reference, across implementations and configurations (checklist A-C)."""
 import copy
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +8,7 @@ from torch import nn
 
 from cases import (CONFIGS, DEVICES, HAS_CUDA, HAS_TRITON, IMPLS, assert_same, lockstep,
                    make_params, max_err, needs_cpu_kernel, settings, twins, usable)
+from e2e import run_outside_triton_interpreter
 from mmfame import FAME
 from mmfame.optim import _triton_fame
 from reference import ReferenceFAME
@@ -298,9 +296,7 @@ def test_fused_on_cpu_without_interpreter_says_fused_is_for_cuda():
     code = ('import torch; from mmfame import FAME\n'
             'w = torch.zeros(3, requires_grad=True); w.grad = torch.ones(3)\n'
             'FAME([w], fused=True)\n')
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    env['CUDA_VISIBLE_DEVICES'] = ''
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    out = run_outside_triton_interpreter(code)
     assert out.returncode != 0
     message = out.stderr.strip().splitlines()[-1]
     assert message.startswith("RuntimeError: `fused=True` requires all the params to be floating "

@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip('mmengine', reason='mmfame.experiments needs mmengine')
 
-from e2e import DET_CFG, PY, REPO, SEG_CFG, tool_env  # noqa: E402
+from e2e import DET_CFG, PY, REPO, SEG_CFG, slurm_env, tool_env  # noqa: E402
 from mmfame.experiments import configs, logs, runs  # noqa: E402
 
 HAS_OPENMMLAB = all(importlib.util.find_spec(m) for m in ('mmdet', 'mmseg', 'mmcv'))
@@ -326,9 +326,7 @@ def _wait_for(predicate, timeout, what):
 @pytest.mark.slow
 @needs_openmmlab
 def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
-    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], OMP_NUM_THREADS=1)
-    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
-        del env[k]  # never inherit an outer allocation
+    env = slurm_env(slurm_cluster['SLURM_CONF'], OMP_NUM_THREADS=1)
     work = str(tmp_path / 'slurm')
     args = matrix_args(demo_data, work) + [
         '--launcher', 'slurm', '--partition', slurm_cluster['partition'], '--gpus', '1',

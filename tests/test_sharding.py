@@ -10,7 +10,6 @@ configs that cannot work fail at build time, naming the fix.
 import json
 import os
 import os.path as osp
-import subprocess
 import sys
 import textwrap
 
@@ -21,7 +20,8 @@ pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from e2e import DET_CFG, REPO, cfg_options, free_port, run_tool, tool_env  # noqa: E402
+from e2e import (DET_CFG, REPO, cfg_options, free_port, run_outside_triton_interpreter,  # noqa: E402
+                 run_tool, tool_env)
 
 from mmfame.optim._compat import TORCH_VERSION  # noqa: E402
 
@@ -281,10 +281,7 @@ ZERO_FUSED_ON_CPU = textwrap.dedent('''\
 def test_zero_fused_on_cpu_tensors_fails_at_build(tmp_path):
     """Each rank builds FAME on its shard: fused=True on CPU tensors is refused right there
     (outside Triton's interpreter, which the rest of the suite runs under without a GPU)."""
-    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
-    env['CUDA_VISIBLE_DEVICES'] = ''
-    out = subprocess.run([sys.executable, '-c', ZERO_FUSED_ON_CPU, str(tmp_path / 'store')],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = run_outside_triton_interpreter(ZERO_FUSED_ON_CPU, str(tmp_path / 'store'))
     assert out.returncode != 0
     message = out.stderr.strip().splitlines()[-1]
     assert 'RuntimeError:' in message and 'fused=True' in message, out.stderr[-2000:]

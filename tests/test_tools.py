@@ -32,7 +32,7 @@ pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 
 import torch  # noqa: E402
 from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TOOL_TIMEOUT, cfg_options,  # noqa: E402
-                 free_port, run_tool, slurm_mode, tool_env)
+                 free_port, run_tool, slurm_env, slurm_mode, tool_env)
 from mmengine.config import Config  # noqa: E402
 
 TOOLS = osp.join(REPO, 'tools')
@@ -400,11 +400,9 @@ def test_slurm_train_equals_one_node(layout, slurm_cluster, demo_data, hash_conf
     per_node, nodes = SLURM_LAYOUTS[layout]
     cfg, hook_dir = hash_config
     work = str(tmp_path / 'slurm')
-    env = tool_env(SLURM_CONF=slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=per_node,
-                   CPUS_PER_TASK=1, MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
-                   PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    for k in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF'] + ['MASTER_ADDR']:
-        env.pop(k, None)  # never inherit an outer allocation or rendezvous
+    env = slurm_env(slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=per_node,
+                    CPUS_PER_TASK=1, MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
+                    PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
     cmd = ['timeout', '-k', '30', '600', 'bash', 'tools/slurm_train.sh', slurm_cluster['partition'],
            'mmfame-test', cfg, work] + cfg_options(
                cfg, demo_data, max_iters=N, ckpt_interval=N, size=64)

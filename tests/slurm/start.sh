@@ -88,7 +88,10 @@ if ! getent hosts "$HOST" >/dev/null; then
 fi
 NODES=(mmfame-n1 mmfame-n2)
 ADDRS=(127.0.0.2 127.0.0.3)
-[ ${#SLURMD_PORTS[@]} = ${#NODES[@]} ] || { echo "slurm: MMFAME_SLURMD_PORTS needs ${#NODES[@]} ports" >&2; exit 1; }
+if [ ${#SLURMD_PORTS[@]} != ${#NODES[@]} ]; then
+  echo "slurm: MMFAME_SLURMD_PORTS needs ${#NODES[@]} ports" >&2
+  exit 1
+fi
 for i in "${!NODES[@]}"; do
   addr=$(getent hosts "${NODES[$i]}" | awk '{print $1}' || true)
   if [ -z "$addr" ]; then
