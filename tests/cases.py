@@ -52,11 +52,17 @@ def needs_cpu_kernel() -> None:
         pytest.skip('no C compiler here: the CPU kernel cannot be built (FAME uses foreach)')
 
 
+# The foreach chain's CPU cache block in the tests (mmfame.optim.fame.CPU_BLOCK_NUMEL, set by
+# conftest.py): small, so that its slicing runs on tensors Triton's interpreter walks quickly.
+TEST_CPU_BLOCK_NUMEL = 1024
+
+
 def make_params(device, dtype=torch.float64, seed=0):
-    """Shapes that cover a scalar, a non-square matrix, a conv kernel and a tensor larger than
-    one CPU cache block (so the foreach path slices it)."""
+    """Shapes that cover a scalar, a non-square matrix, a conv kernel and a tensor that spans
+    several CPU cache blocks (so the foreach path slices it) and two fused-kernel chunks of
+    4,096 elements (a whole one and a masked tail)."""
     g = torch.Generator().manual_seed(seed)
-    shapes = [(), (7, 3), (4, 3, 3, 3), (300_001,)]
+    shapes = [(), (7, 3), (4, 3, 3, 3), (5_001,)]
     return [torch.randn(s, generator=g, dtype=dtype).to(device).requires_grad_() for s in shapes]
 
 

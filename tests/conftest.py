@@ -13,7 +13,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session', autouse=True)
+def cpu_blocks_of_test_size():
+    """The CPU foreach chain's cache blocks scaled to the test tensors (cases.make_params)."""
+    import cases  # imports mmfame: only after TRITON_INTERPRET is set above
+    from mmfame.optim import fame
+    shipped, fame.CPU_BLOCK_NUMEL = fame.CPU_BLOCK_NUMEL, cases.TEST_CPU_BLOCK_NUMEL
+    yield
+    fame.CPU_BLOCK_NUMEL = shipped
+
+
+@pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     from mmfame.datasets.demo import make_demo
     root = tmp_path_factory.mktemp('demo_data')
@@ -46,3 +56,14 @@ def slurm_cluster(tmp_path_factory):
         yield dict(SLURM_CONF=osp.join(state, 'slurm.conf'), partition='mmfame', state=state)
     finally:
         subprocess.run(['bash', osp.join(e2e.SLURM_DIR, 'stop.sh'), state], timeout=120)
+
+
+@pytest.fixture(scope='session')
+def ddp_run(demo_data, tmp_path_factory):
+    """tools/dist_train.sh on 2 gloo ranks (DDP), 2N iterations: the run the Slurm layouts and
+    the sharded runs must equal."""
+    tmp = tmp_path_factory.mktemp('ddp')
+    cfg = e2e.rank_config(tmp / 'det_ddp.py')
+    work = str(tmp / 'work')
+    e2e.dist_train(cfg, demo_data, work)
+    return dict(cfg=cfg, work_dir=work)

@@ -270,6 +270,30 @@ def test_cpu_kernel_work_split_covers_every_element_once():
         assert all(x == 1 for row in seen for x in row)
 
 
+def test_cpu_blocks_cover_every_element_once_in_cache_sized_batches():
+    """The CPU foreach chain's slices: each element of each list once, in the same position of
+    every list, batches of about CPU_BLOCK_NUMEL elements, a scalar per slice."""
+    from mmfame.optim import fame
+    block = fame.CPU_BLOCK_NUMEL
+    shapes = [p.shape for p in make_params('cpu')]
+    first = [torch.arange(float(torch.Size(s).numel())).view(s) for s in shapes]
+    first.append(torch.arange(6.).view(2, 3).t())  # strided: stays whole
+    lists = [first, None, [t + 10 for t in first]]
+    scalars = [[float(i) for i in range(len(first))]]
+    seen = [torch.zeros(t.numel()) for t in first]
+    for batch in fame._cpu_blocks(lists, scalars):
+        assert batch[1] is None
+        assert sum(t.numel() for t in batch[0]) < 2 * block
+        for a, b, scalar in zip(batch[0], batch[2], batch[3]):
+            i = int(scalar)
+            assert torch.equal(b, a + 10)  # pieces pair up across the lists
+            assert a.numel() <= block or a.shape == first[i].shape
+            index = a.reshape(-1).long()
+            seen[i].index_add_(0, index, torch.ones(len(index)))
+    assert all(torch.equal(s, torch.ones_like(s)) for s in seen)
+    assert max(t.numel() for t in first) > 4 * block  # cut into several slices
+
+
 def test_construction_errors():
     w = torch.zeros(2, requires_grad=True)
     with pytest.raises(TypeError):

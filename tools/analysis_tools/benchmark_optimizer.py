@@ -8,6 +8,7 @@ measured in this run, ratios against fused AdamW, and peak extra memory during a
     python tools/analysis_tools/benchmark_optimizer.py --device cuda --sets resnet50 large small
 """
 import argparse
+import contextlib
 import gc
 import statistics
 import time
@@ -15,6 +16,7 @@ import time
 import torch
 
 from mmfame import FAME
+from mmfame.optim import fame as fame_module
 
 # Single-pass traffic in fp32: FAME reads p, g, m1, m2, m3, v and writes p, m1, m2, m3, v; full
 # FAME (sq_betas) also reads and writes v2, v3; AdamW reads p, g, m, v and writes p, m, v.
@@ -47,6 +49,8 @@ def param_sets(device):
 def impls(device):
     fame_impls = {'for-loop': dict(foreach=False), 'foreach': dict(foreach=True),
                   'default': dict()}
+    if device == 'cpu':  # what the foreach chain's cache blocking (CPU_BLOCK_NUMEL) buys
+        fame_impls['foreach, unblocked'] = dict(foreach=True)
     adamw_impls = {'for-loop': dict(foreach=False), 'foreach': dict(foreach=True),
                    'fused': dict(fused=True)}
     if device == 'cuda':
@@ -77,6 +81,19 @@ def copy_bandwidth(device, numel):
         sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * src.numel() * 4 / statistics.median(times[2:]) / 1e9
+
+
+@contextlib.contextmanager
+def cpu_blocks(impl):
+    """The foreach chain's CPU slices as shipped, or none (one slice per tensor) for
+    'foreach, unblocked'."""
+    default = fame_module.CPU_BLOCK_NUMEL
+    if impl.endswith('unblocked'):
+        fame_module.CPU_BLOCK_NUMEL = 1 << 62
+    try:
+        yield
+    finally:
+        fame_module.CPU_BLOCK_NUMEL = default
 
 
 def bench(make_opt, shapes, device, steps, warmup):
@@ -148,11 +165,16 @@ def main():
             if set_name == 'small' and impl == 'for-loop' and device == 'cuda':
                 continue  # thousands of launches per step: not informative
             try:
-                results[algo, impl] = bench(make, shapes, device, steps, warmup=3)
+                with cpu_blocks(impl):
+                    results[algo, impl] = bench(make, shapes, device, steps, warmup=3)
             except Exception as e:  # report and go on: one broken path must not hide the rest
                 print(f'{set_name} {algo} {impl} FAILED: {e!r}', flush=True)
         if args.sweep and device == 'cuda':
             sweep(shapes, device, steps)
+        if ('FAME', 'foreach, unblocked') in results and ('FAME', 'foreach') in results:
+            print(f'{set_name}: foreach cache blocking speed-up (unblocked / blocked ms): '
+                  f"{results['FAME', 'foreach, unblocked'][0] / results['FAME', 'foreach'][0]:.2f}x",
+                  flush=True)
         ref = results.get(('AdamW', 'fused'), (None,))[0]
         for (algo, impl), (ms, peak) in results.items():
             gbs = BYTES_PER_PARAM[algo] * numel / (ms / 1e3) / 1e9
