@@ -1,19 +1,23 @@
 """Shared pieces of the end-to-end tests of tools/ (test_tools.py, test_reproduce.py): the
 interpreter and environment the tool scripts run with, tiny-run ``--cfg-options`` for the demo
 configs, and how the private Slurm of tests/slurm is started (the fixtures are in conftest.py)."""
+import json
 import os
 import os.path as osp
 import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TESTS = osp.join(REPO, 'tests')
 PY = sys.executable
 TOOL_TIMEOUT = 900  # seconds per tool run (generous: CI machines are slow and shared)
-SLURM_DIR = osp.join(REPO, 'tests', 'slurm')
+SLURM_DIR = osp.join(TESTS, 'slurm')
+N = 2  # iterations between checkpoints of the end-to-end runs; they train 2N
 DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
 SEG_CFG = osp.join(REPO, 'configs', 'demo',
                    'segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py')
@@ -74,6 +78,43 @@ def run_tool(cmd, env=None, timeout=TOOL_TIMEOUT):
         pytest.fail(f'{" ".join(map(str, cmd))} exited {proc.returncode}:\n'
                     + proc.stdout[-6000:])
     return proc.stdout
+
+
+def rank_config(path, text=''):
+    """Write a child of the detection demo config whose ranks report what they hold at the end
+    (tests/rank_state_hook.py): ``text`` adds settings; without an ``optim_wrapper`` of its own
+    the run uses FAMEOptimWrapperConstructor (the same groups in every run)."""
+    text = textwrap.dedent(text)
+    if 'optim_wrapper' not in text:
+        text += "optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor')\n"
+    with open(path, 'w') as f:
+        f.write(f'_base_ = {DET_CFG!r}\n'
+                "custom_imports = dict(imports=['mmfame', 'rank_state_hook'], "
+                'allow_failed_imports=False)\n'
+                "custom_hooks = [dict(type='RankStateHook')]\n" + text)
+    return str(path)
+
+
+def rank_env(**extra):
+    """tool_env in which a rank_config's hook module imports."""
+    return tool_env(PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''), **extra)
+
+
+def dist_train(cfg, data, work, nproc=2, extra=()):
+    """tools/dist_train.sh CONFIG NPROC: 2N iterations, checkpoints every N."""
+    run_tool(['bash', 'tools/dist_train.sh', cfg, str(nproc), '--work-dir', work, *extra]
+             + cfg_options(cfg, data, max_iters=2 * N, ckpt_interval=N, size=64),
+             env=rank_env(PORT=free_port()))
+
+
+def rank_reports(work_dir, world_size):
+    """What each rank's RankStateHook wrote, in rank order."""
+    reports = []
+    for r in range(world_size):
+        with open(osp.join(work_dir, f'state_rank{r}.json')) as f:
+            reports.append(json.load(f))
+        assert reports[-1]['world_size'] == world_size
+    return reports
 
 
 def pipeline_resize_options(prefix, pipeline, size):

@@ -1,5 +1,8 @@
-"""Test helper imported by the sharding tests' configs: at the end of a run every rank writes the
-bytes of optimizer state it holds (its shard under ZeRO or FSDP, all of it under DDP)."""
+"""Test helper imported by the 2-rank end-to-end runs' configs (tests/e2e.py: rank_config): at
+the end of a run every rank writes what it holds: the bytes of its optimizer state (its shard
+under ZeRO or FSDP, all of it under DDP), a hash of its weights, the model wrapper, and under
+Slurm its node and the MASTER_ADDR it joined."""
+import hashlib
 import json
 import os
 
@@ -16,7 +19,15 @@ class RankStateHook(Hook):
         local = getattr(optimizer, 'optim', optimizer)  # ZeroRedundancyOptimizer's own shard
         nbytes = sum(v.numel() * v.element_size() for state in local.state.values()
                      for k, v in state.items() if k != 'step')
+        model = getattr(runner.model, 'module', runner.model)
+        weights = hashlib.sha256()
+        for name, p in sorted(model.named_parameters()):
+            weights.update(name.encode())
+            weights.update(p.detach().cpu().contiguous().numpy().tobytes())
         path = os.path.join(runner.work_dir, f'state_rank{get_rank()}.json')
         with open(path, 'w') as f:
             json.dump(dict(world_size=get_world_size(), state_bytes=nbytes,
-                           optimizer=type(optimizer).__name__), f)
+                           optimizer=type(optimizer).__name__,
+                           wrapper=type(runner.model).__name__, weights=weights.hexdigest(),
+                           node=os.environ.get('SLURMD_NODENAME', '-'),
+                           master_addr=os.environ.get('MASTER_ADDR', '-')), f)

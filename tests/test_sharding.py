@@ -7,8 +7,6 @@ and FAME state), hold about half the state per rank, save the full state in its 
 resume from it bit-identically; ZeRO and FSDP checkpoints also resume into one rank. Sharding
 configs that cannot work fail at build time, naming the fix.
 """
-import json
-import os
 import os.path as osp
 import sys
 import textwrap
@@ -20,8 +18,8 @@ pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from e2e import (DET_CFG, REPO, cfg_options, free_port, run_outside_triton_interpreter,  # noqa: E402
-                 run_tool, tool_env)
+from e2e import (REPO, N, dist_train, rank_config, rank_reports,  # noqa: E402
+                 run_outside_triton_interpreter)
 
 from mmfame.optim._compat import TORCH_VERSION  # noqa: E402
 
@@ -31,11 +29,9 @@ import state_memory  # noqa: E402
 
 FAME_BYTES = state_memory.BYTES_PER_ELEMENT['FAME']
 
-N = 2
-TESTS = osp.join(REPO, 'tests')
-# What each run adds to the demo config (docs/sharding.md shows the same forms).
+# What each sharded run adds to the demo config (docs/sharding.md shows the same forms); the
+# DDP reference is conftest.py's ddp_run.
 SETTINGS = {
-    'ddp': '',
     'zero': '''\
         optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor',
                              optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME'))
@@ -51,42 +47,21 @@ SETTINGS = {
         strategy = dict(type='FSDPStrategy', state_dict_cfg='full')
         ''',
 }
-SHARDED = ('zero', 'zero-flexible', 'fsdp')
+SHARDED = tuple(SETTINGS)
 FSDP_ON_CPU = TORCH_VERSION >= (2, 2)
 FSDP_REASON = "torch 2.1's FSDP creates CUDA streams: FSDP without a GPU needs a newer torch"
 
 
-def _config(tmp_path, setting):
-    path = tmp_path / f'det_{setting}.py'
-    text = textwrap.dedent(SETTINGS[setting])
-    if 'custom_hooks' not in text:
-        text += "custom_hooks = [dict(type='RankStateHook')]\n"
-    if 'optim_wrapper' not in text:
-        # the same groups in every run (under FSDP it also clips by the global norm)
-        text += "optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor')\n"
-    path.write_text(f'_base_ = {DET_CFG!r}\n'
-                    "custom_imports = dict(imports=['mmfame', 'rank_state_hook'], "
-                    'allow_failed_imports=False)\n' + text)
-    return str(path)
-
-
-def _train(cfg, data, work, nproc=2, extra=()):
-    env = tool_env(PORT=free_port(), PYTHONPATH=TESTS + os.pathsep
-                   + os.environ.get('PYTHONPATH', ''))
-    run_tool(['bash', 'tools/dist_train.sh', cfg, str(nproc), '--work-dir', work, *extra]
-             + cfg_options(cfg, data, max_iters=2 * N, ckpt_interval=N, size=64), env=env)
-
-
 @pytest.fixture(scope='module')
-def runs(demo_data, tmp_path_factory):
+def runs(ddp_run, demo_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp('sharding')
-    out = {}
+    out = dict(ddp=ddp_run)
     for setting in SETTINGS:
         if setting == 'fsdp' and not FSDP_ON_CPU:
             continue
-        cfg = _config(tmp, setting)
+        cfg = rank_config(tmp / f'det_{setting}.py', SETTINGS[setting])
         work = str(tmp / setting)
-        _train(cfg, demo_data, work)
+        dist_train(cfg, demo_data, work)
         out[setting] = dict(cfg=cfg, work_dir=work)
     return out
 
@@ -152,12 +127,7 @@ def test_sharded_run_equals_ddp(runs, setting):
 def test_each_rank_holds_about_half_the_state(runs, setting):
     _need(setting)
     def rank_bytes(work):
-        out = []
-        for r in range(2):
-            with open(osp.join(work, f'state_rank{r}.json')) as f:
-                out.append(json.load(f))
-        assert all(o['world_size'] == 2 for o in out)
-        return [o['state_bytes'] for o in out]
+        return [r['state_bytes'] for r in rank_reports(work, 2)]
 
     full = rank_bytes(runs['ddp']['work_dir'])
     assert full[0] == full[1] > 0
@@ -181,8 +151,8 @@ def test_sharded_resume_is_bit_identical(runs, demo_data, tmp_path, setting):
     _need(setting)
     run = runs[setting]
     work = str(tmp_path / 'resumed')
-    _train(run['cfg'], demo_data, work, extra=['--resume', osp.join(run['work_dir'],
-                                                                    f'iter_{N}.pth')])
+    dist_train(run['cfg'], demo_data, work, extra=['--resume', osp.join(run['work_dir'],
+                                                                       f'iter_{N}.pth')])
     _assert_same(_load(osp.join(run['work_dir'], f'iter_{2 * N}.pth')),
                  _load(osp.join(work, f'iter_{2 * N}.pth')))
 
@@ -195,10 +165,9 @@ def test_checkpoint_resumes_into_one_rank(runs, demo_data, tmp_path, setting):
     _need(setting)
     run = runs[setting]
     work = str(tmp_path / 'one_rank')
-    _train(run['cfg'], demo_data, work, nproc=1,
-           extra=['--resume', osp.join(run['work_dir'], f'iter_{N}.pth')])
-    with open(osp.join(work, 'state_rank0.json')) as f:
-        assert json.load(f)['world_size'] == 1
+    dist_train(run['cfg'], demo_data, work, nproc=1,
+               extra=['--resume', osp.join(run['work_dir'], f'iter_{N}.pth')])
+    rank_reports(work, 1)
     state = _load(osp.join(work, f'iter_{2 * N}.pth'))['optimizer']['state']
     reference = _load(osp.join(run['work_dir'], f'iter_{2 * N}.pth'))['optimizer']['state']
     assert state.keys() == reference.keys()

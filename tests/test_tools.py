@@ -2,14 +2,18 @@
 
 Everything runs for real on the synthetic demo data (mmfame.datasets.demo) with the demo configs
 (configs/demo, random init): a few iterations on a handful of small images, data loaders without
-workers. The slow tests are marked ``slow`` but run by default.
+workers. The end-to-end tests are marked ``slow`` (deselected by the quick tier, -m "not slow");
+those marked ``smoke`` run on every tested stack.
 
-* train/test of one detection and one segmentation config through tools/train.py and tools/test.py;
+* train/test of one detection and one segmentation config through tools/train.py and tools/test.py
+  (one 2N-iteration run of each, shared by the tests that test, resume or compare against it);
 * ``--resume`` (bare: auto-resume the latest checkpoint) continues bit-identically: weights and the
-  FAME optimizer state after N + N resumed iterations equal those of an uninterrupted 2N run;
+  FAME optimizer state after resuming at N (from a copy of that run's checkpoint) equal those of
+  the uninterrupted 2N run;
 * the same with upstream mmdet's and mmseg's own packaged train.py/test.py (what ``mim train``
   runs), which find FAME and the checkpoint allowlist through the config's ``custom_imports``;
-* ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo) trains 2 processes to the same weights, and
+* ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo; conftest.py's ddp_run, which the sharding
+  tests compare against too) trains 2 processes to the same weights, and
   ``tools/slurm_train.sh`` on a real two-node Slurm (slurmctld, a slurmd per node on its own
   loopback address, munge; started by tests/slurm/start.sh as root, which installs them only
   under CI=true) trains the same 2 ranks, on one node or across both, to the very same weights;
@@ -31,12 +35,12 @@ pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
 
 import torch  # noqa: E402
-from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TOOL_TIMEOUT, cfg_options,  # noqa: E402
-                 free_port, run_tool, slurm_env, slurm_mode, tool_env)
+from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TESTS, TOOL_TIMEOUT, N,  # noqa: E402
+                 cfg_options, free_port, rank_reports, run_tool, slurm_env, slurm_mode,
+                 tool_env)
 from mmengine.config import Config  # noqa: E402
 
 TOOLS = osp.join(REPO, 'tools')
-N = 2  # iterations before the checkpoint the resume test continues from; runs go to 2N
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -65,63 +69,6 @@ def _last_log(work_dir):
         return f.read()
 
 
-HASH_HOOK = '''\
-import hashlib
-import os
-
-from mmengine.dist import get_rank, get_world_size
-from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
-
-
-@HOOKS.register_module(force=True)
-class RankWeightsHashHook(Hook):
-    """Test helper: every rank writes world size, wrapper type, a hash of its parameters, and
-    under Slurm its node and the MASTER_ADDR it joined."""
-
-    def after_run(self, runner):
-        model = runner.model
-        wrapper = type(model).__name__
-        model = getattr(model, 'module', model)
-        h = hashlib.sha256()
-        for name, p in sorted(model.named_parameters()):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        path = os.path.join(runner.work_dir, f'weights_rank{get_rank()}.txt')
-        node = os.environ.get('SLURMD_NODENAME', '-')
-        with open(path, 'w') as f:
-            f.write(f'{get_world_size()} {wrapper} {h.hexdigest()} {node} '
-                    f'{os.environ.get("MASTER_ADDR", "-")}\\n')
-'''
-
-
-@pytest.fixture(scope='module')
-def hash_config(tmp_path_factory):
-    """A child of the detection demo config whose ranks write their weights' hash at the end."""
-    cfg = _need(DET_CFG)
-    d = tmp_path_factory.mktemp('hashcfg')
-    (d / 'mmfame_rank_hash_hook.py').write_text(HASH_HOOK)
-    (d / 'det_hash.py').write_text(textwrap.dedent(f'''\
-        _base_ = {cfg!r}
-        custom_imports = dict(imports=['mmfame', 'mmfame_rank_hash_hook'],
-                              allow_failed_imports=False)
-        custom_hooks = [dict(type='RankWeightsHashHook')]
-        '''))
-    return str(d / 'det_hash.py'), str(d)
-
-
-def _ranks(work_dir, world_size):
-    """What each rank's RankWeightsHashHook wrote: (weights hash, Slurm node, MASTER_ADDR)."""
-    ranks = []
-    for r in range(world_size):
-        with open(osp.join(work_dir, f'weights_rank{r}.txt')) as f:
-            ws, wrapper, *rest = f.read().split()
-        assert int(ws) == world_size
-        assert wrapper == 'MMDistributedDataParallel'
-        ranks.append(tuple(rest))
-    return ranks
-
-
 @pytest.fixture(scope='module')
 def det_run(demo_data, tmp_path_factory):
     """tools/train.py on the detection demo config: 2N iterations, checkpoints every N."""
@@ -132,8 +79,39 @@ def det_run(demo_data, tmp_path_factory):
     return dict(cfg=cfg, work_dir=work, stdout=out)
 
 
+# mmengine re-seeds torch's RNG on resume instead of restoring it: drop path and dropout would
+# draw other masks after the resume, so they are off in the segmentation run resumes compare to.
+SEG_NO_DROPOUT = ['model.backbone.drop_path_rate=0.0', 'model.decode_head.dropout_ratio=0.0']
+
+
+def seg_options(data, iters):
+    return cfg_options(SEG_CFG, data, max_iters=iters, ckpt_interval=N, size=64,
+                       extra=SEG_NO_DROPOUT)
+
+
+@pytest.fixture(scope='module')
+def seg_run(demo_data, tmp_path_factory):
+    """tools/train.py on the segmentation demo config: 2N iterations, checkpoints every N."""
+    cfg = _need(SEG_CFG)
+    work = str(tmp_path_factory.mktemp('seg_run'))
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work] + seg_options(demo_data, 2 * N))
+    return dict(cfg=cfg, work_dir=work, stdout=out)
+
+
+def stopped_at(run, iteration, work_dir):
+    """A work dir as a run stopped after ``iteration`` leaves it: that checkpoint, named in
+    ``last_checkpoint`` (what bare ``--resume`` reads), copied from ``run``, which went on
+    training; the resume tests continue from it instead of training the first half again."""
+    os.makedirs(work_dir)
+    ckpt = shutil.copy(osp.join(run['work_dir'], f'iter_{iteration}.pth'), work_dir)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(ckpt)
+    return str(work_dir)
+
+
 # ------------------------------------------------------------------------------ train / test
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_train_detection(det_run):
     work = det_run['work_dir']
     assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
@@ -150,6 +128,7 @@ def test_train_detection(det_run):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_test_detection(det_run, demo_data, tmp_path):
     cfg = det_run['cfg']
     out_pkl = str(tmp_path / 'results.pkl')
@@ -166,21 +145,24 @@ def test_test_detection(det_run, demo_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_test_segmentation(demo_data, tmp_path):
-    cfg = _need(SEG_CFG)
-    work = str(tmp_path / 'seg')
-    run_tool([PY, 'tools/train.py', cfg, '--work-dir', work] + cfg_options(
-        cfg, demo_data, max_iters=N, ckpt_interval=N, size=64))
+@pytest.mark.smoke
+def test_train_segmentation(seg_run):
+    work = seg_run['work_dir']
     log = _last_log(work)
-    assert f'Iter(train) [{N}/{N}]' in log and "type='FAME'" in log
+    assert f'Iter(train) [{2 * N}/{2 * N}]' in log and "type='FAME'" in log
     assert 'mIoU' in log and 'aAcc' in log
-    ckpt = osp.join(work, f'iter_{N}.pth')
-    assert osp.isfile(ckpt)
+    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
+    assert osp.isfile(osp.join(work, f'iter_{2 * N}.pth'))
 
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_test_segmentation(seg_run, demo_data, tmp_path):
+    cfg = seg_run['cfg']
     out_dir = tmp_path / 'pred'
-    out = run_tool([PY, 'tools/test.py', cfg, ckpt, '--work-dir', str(tmp_path / 'test'),
-                    '--out', str(out_dir)] + cfg_options(
-                        cfg, demo_data, max_iters=1, ckpt_interval=1, size=64))
+    out = run_tool([PY, 'tools/test.py', cfg, osp.join(seg_run['work_dir'], f'iter_{2 * N}.pth'),
+                    '--work-dir', str(tmp_path / 'test'), '--out', str(out_dir)]
+                   + seg_options(demo_data, 1))
     assert 'Load checkpoint from' in out
     assert 'mIoU' in out and 'aAcc' in out
     assert len(list(out_dir.glob('*.png'))) == 2  # mmseg: --out is a directory of label maps
@@ -188,20 +170,20 @@ def test_train_and_test_segmentation(demo_data, tmp_path):
 
 # ------------------------------------------------------------------------------ resume
 @pytest.mark.slow
-def test_resume_is_bit_identical(det_run, demo_data, tmp_path):
-    """N iterations, then bare --resume to 2N == an uninterrupted 2N run (det_run)."""
-    cfg = det_run['cfg']
-    work = str(tmp_path / 'resume')
-    run_tool([PY, 'tools/train.py', cfg, '--work-dir', work] + cfg_options(
-        cfg, demo_data, max_iters=N, ckpt_interval=N, size=64))
-    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
-    assert not osp.exists(osp.join(work, f'iter_{2 * N}.pth'))
-    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + cfg_options(
-        cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64))
+@pytest.mark.smoke
+@pytest.mark.parametrize('task', ['detection', 'segmentation'])
+def test_resume_is_bit_identical(task, request, demo_data, tmp_path):
+    """Stopped at N, then bare --resume to 2N == the uninterrupted 2N run (det_run, seg_run)."""
+    run = request.getfixturevalue({'detection': 'det_run', 'segmentation': 'seg_run'}[task])
+    cfg = run['cfg']
+    options = (lambda iters: seg_options(demo_data, iters)) if task == 'segmentation' else (
+        lambda iters: cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64))
+    work = stopped_at(run, N, tmp_path / 'resume')
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(2 * N))
     assert f'Auto resumed from the latest checkpoint {osp.join(work, f"iter_{N}.pth")}' in out
     assert f'resumed epoch: 0, iter: {N}' in out
 
-    assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),
+    assert_same_checkpoint(osp.join(run['work_dir'], f'iter_{2 * N}.pth'),
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
@@ -316,18 +298,18 @@ MIM = osp.join(osp.dirname(PY), 'mim')
 @pytest.mark.slow
 def test_upstream_mmdet_tools_and_mim_resume_bit_identically_and_test(det_run, demo_data,
                                                                       tmp_path):
-    """mmdet's packaged train.py (custom_imports=['mmfame'] in the config): N iterations; then
-    `mim train mmdet --resume` (the same script) to 2N equals our uninterrupted 2N run; mmdet's
-    test.py and `mim test mmdet` load the resumed checkpoint."""
+    """`mim train mmdet --resume` (mmdet's packaged train.py; custom_imports=['mmfame'] in the
+    config) from N to 2N equals our uninterrupted 2N run; mmdet's test.py and `mim test mmdet`
+    load the resumed checkpoint."""
     if not osp.isfile(MIM):
         pytest.skip('openmim is not installed (tools/setup_env.sh installs it)')
-    cfg, work = det_run['cfg'], str(tmp_path / 'upstream')
-    train, test = upstream_tool('mmdet', 'train'), upstream_tool('mmdet', 'test')
+    cfg = det_run['cfg']
+    work = stopped_at(det_run, N, tmp_path / 'upstream')
+    test = upstream_tool('mmdet', 'test')
 
     def options(iters):
         return cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64)
 
-    run_tool([PY, train, cfg, '--work-dir', work] + options(N))
     out = run_tool([MIM, 'train', 'mmdet', cfg, '--gpus', '0', '--work-dir', work, '--resume']
                    + options(2 * N))
     assert f'resumed epoch: 0, iter: {N}' in out
@@ -340,47 +322,31 @@ def test_upstream_mmdet_tools_and_mim_resume_bit_identically_and_test(det_run, d
 
 
 @pytest.mark.slow
-def test_upstream_mmseg_tools_resume_bit_identically_and_test(demo_data, tmp_path):
-    cfg = _need(SEG_CFG)
+def test_upstream_mmseg_tools_resume_bit_identically_and_test(seg_run, demo_data, tmp_path):
+    """mmseg's packaged train.py --resume from N to 2N equals our uninterrupted 2N run; its
+    test.py loads the resumed checkpoint."""
+    cfg = seg_run['cfg']
     train, test = upstream_tool('mmseg', 'train'), upstream_tool('mmseg', 'test')
-    # mmengine re-seeds torch's RNG on resume instead of restoring it: drop path and dropout
-    # would draw other masks after the resume, so they are off to compare bit for bit.
-    no_dropout = ['model.backbone.drop_path_rate=0.0', 'model.decode_head.dropout_ratio=0.0']
-
-    def options(iters):
-        return cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64,
-                           extra=no_dropout)
-
-    full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
-    run_tool([PY, train, cfg, '--work-dir', full] + options(2 * N))
-    run_tool([PY, train, cfg, '--work-dir', part] + options(N))
-    out = run_tool([PY, train, cfg, '--work-dir', part, '--resume'] + options(2 * N))
+    part = stopped_at(seg_run, N, tmp_path / 'part')
+    out = run_tool([PY, train, cfg, '--work-dir', part, '--resume']
+                   + seg_options(demo_data, 2 * N))
     assert f'resumed epoch: 0, iter: {N}' in out
     resumed = osp.join(part, f'iter_{2 * N}.pth')
-    assert_same_checkpoint(osp.join(full, f'iter_{2 * N}.pth'), resumed)
-    out = run_tool([PY, test, cfg, resumed, '--work-dir', str(tmp_path / 'test')] + options(1))
+    assert_same_checkpoint(osp.join(seg_run['work_dir'], f'iter_{2 * N}.pth'), resumed)
+    out = run_tool([PY, test, cfg, resumed, '--work-dir', str(tmp_path / 'test')]
+                   + seg_options(demo_data, 1))
     assert 'Load checkpoint from' in out and 'mIoU' in out
 
 
 # ------------------------------------------------------------------------------ launchers
-@pytest.fixture(scope='module')
-def dist_run(demo_data, hash_config, tmp_path_factory):
-    """tools/dist_train.sh CONFIG 2 (torchrun, one node): the run the Slurm layouts must equal."""
-    cfg, hook_dir = hash_config
-    work = str(tmp_path_factory.mktemp('dist'))
-    env = tool_env(PORT=free_port(), PYTHONPATH=hook_dir + os.pathsep
-                   + os.environ.get('PYTHONPATH', ''))
-    run_tool(['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work] + cfg_options(
-        cfg, demo_data, max_iters=N, ckpt_interval=N, size=64), env=env)
-    return work
-
-
 @pytest.mark.slow
-def test_dist_train_two_processes(dist_run):
-    log = _last_log(dist_run)
+def test_dist_train_two_processes(ddp_run):
+    log = _last_log(ddp_run['work_dir'])
     assert 'Distributed launcher: pytorch' in log and 'GPU number: 2' in log
-    assert len({h for h, _, _ in _ranks(dist_run, 2)}) == 1, 'ranks ended with different weights'
-    assert osp.isfile(osp.join(dist_run, f'iter_{N}.pth'))
+    ranks = rank_reports(ddp_run['work_dir'], 2)
+    assert {r['wrapper'] for r in ranks} == {'MMDistributedDataParallel'}
+    assert len({r['weights'] for r in ranks}) == 1, 'ranks ended with different weights'
+    assert osp.isfile(osp.join(ddp_run['work_dir'], f'iter_{2 * N}.pth'))
 
 
 # The same 2 ranks through tools/slurm_train.sh on the private cluster (tests/slurm/start.sh):
@@ -393,28 +359,29 @@ SLURM_LAYOUTS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize('layout', SLURM_LAYOUTS)
-def test_slurm_train_equals_one_node(layout, slurm_cluster, demo_data, hash_config, dist_run,
-                                     tmp_path):
+def test_slurm_train_equals_one_node(layout, slurm_cluster, demo_data, ddp_run, tmp_path):
     """Ranks placed by Slurm (MASTER_ADDR resolved from the node list by mmengine's slurm
     launcher) train to the very weights of the one-node torchrun run."""
     per_node, nodes = SLURM_LAYOUTS[layout]
-    cfg, hook_dir = hash_config
+    cfg = ddp_run['cfg']
     work = str(tmp_path / 'slurm')
     env = slurm_env(slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=per_node,
                     CPUS_PER_TASK=1, MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
-                    PYTHONPATH=hook_dir + os.pathsep + os.environ.get('PYTHONPATH', ''))
+                    PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
     cmd = ['timeout', '-k', '30', '600', 'bash', 'tools/slurm_train.sh', slurm_cluster['partition'],
            'mmfame-test', cfg, work] + cfg_options(
-               cfg, demo_data, max_iters=N, ckpt_interval=N, size=64)
+               cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64)
     run_tool(cmd, env=env, timeout=700)
     log = _last_log(work)
     assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
-    ranks = _ranks(work, 2)
-    assert [node for _, node, _ in ranks] == nodes
-    assert {master for _, _, master in ranks} == {'mmfame-n1'}, 'MASTER_ADDR is not the first node'
-    assert {h for h, _, _ in ranks} == {h for h, _, _ in _ranks(dist_run, 2)}, (
+    ranks = rank_reports(work, 2)
+    assert {r['wrapper'] for r in ranks} == {'MMDistributedDataParallel'}
+    assert [r['node'] for r in ranks] == nodes
+    assert {r['master_addr'] for r in ranks} == {'mmfame-n1'}, 'MASTER_ADDR is not the first node'
+    assert {r['weights'] for r in ranks} == {r['weights'] for r in
+                                             rank_reports(ddp_run['work_dir'], 2)}, (
         f'Slurm on {layout} ended with other weights than the one-node torchrun run')
-    assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
+    assert osp.isfile(osp.join(work, f'iter_{2 * N}.pth'))
 
 
 @pytest.mark.slow
