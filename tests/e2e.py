@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -68,6 +69,15 @@ def run_outside_triton_interpreter(code, *argv, timeout=300):
     env['CUDA_VISIBLE_DEVICES'] = ''
     return subprocess.run([PY, '-c', code, *argv], env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def wait_for(predicate, timeout, what):
+    """Poll ``predicate`` every half second; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            pytest.fail(f'timed out after {timeout} s waiting for {what}')
+        time.sleep(0.5)
 
 
 def run_tool(cmd, env=None, timeout=TOOL_TIMEOUT):

@@ -13,13 +13,12 @@ import os.path as osp
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 
 pytest.importorskip('mmengine', reason='mmfame.experiments needs mmengine')
 
-from e2e import DET_CFG, PY, REPO, SEG_CFG, slurm_env, tool_env  # noqa: E402
+from e2e import DET_CFG, PY, REPO, SEG_CFG, slurm_env, tool_env, wait_for  # noqa: E402
 from mmfame.experiments import configs, logs, runs  # noqa: E402
 
 HAS_OPENMMLAB = all(importlib.util.find_spec(m) for m in ('mmdet', 'mmseg', 'mmcv'))
@@ -314,15 +313,6 @@ def test_local_matrix_runs_once_and_gathers(demo_data, tmp_path):
         assert f'| {seconds * 300 / 3600:,.0f} |' in row  # 300 iterations on 1 GPU
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    pytest.fail(f'timed out waiting for {what}')
-
-
 @pytest.mark.slow
 @needs_openmmlab
 def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
@@ -343,7 +333,7 @@ def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
     first = subprocess.Popen([PY, REPRODUCE, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: logs.latest_checkpoint(victim_dir), 600, 'a first checkpoint')
+        wait_for(lambda: logs.latest_checkpoint(victim_dir), 600, 'a first checkpoint')
         cancelled_at = int(osp.basename(logs.latest_checkpoint(victim_dir))[5:-4])
         subprocess.run(['scancel', '--name', victim.job_name], env=env, check=True, timeout=60)
         out, _ = first.communicate(timeout=900)

@@ -25,6 +25,7 @@ import glob
 import os
 import os.path as osp
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -37,7 +38,7 @@ pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 import torch  # noqa: E402
 from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TESTS, TOOL_TIMEOUT, N,  # noqa: E402
                  cfg_options, free_port, rank_reports, run_tool, slurm_env, slurm_mode,
-                 tool_env)
+                 tool_env, wait_for)
 from mmengine.config import Config  # noqa: E402
 
 TOOLS = osp.join(REPO, 'tools')
@@ -394,6 +395,47 @@ def test_dist_test_two_processes(det_run, demo_data, tmp_path):
                    env=tool_env(PORT=free_port()))
     assert 'coco/bbox_mAP' in out
     assert 'Distributed launcher: pytorch' in _last_log(str(tmp_path / 'test'))
+
+
+def _processes_with(marker):
+    """Pids of the live processes whose command line holds ``marker``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                if marker.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    return pids
+
+
+@pytest.mark.slow
+def test_a_signal_to_dist_train_stops_every_rank(demo_data, tmp_path):
+    """SIGTERM to tools/dist_train.sh's own pid (what `timeout` or a container's PID 1 sends)
+    stops torchrun and both ranks: nothing goes on training orphaned."""
+    cfg = _need(DET_CFG)
+    work = str(tmp_path / 'signalled')
+    log = tmp_path / 'out.log'
+    cmd = ['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work] + cfg_options(
+        cfg, demo_data, max_iters=10**6, ckpt_interval=10**6, size=64)
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=tool_env(PORT=free_port()), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: 'Iter(train)' in log.read_text() or proc.poll() is not None, 300,
+                  'the ranks to train')
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert len(_processes_with(work)) >= 3  # torchrun and 2 ranks
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+        wait_for(lambda: not _processes_with(work), 60, 'every rank to stop')
+    finally:  # clean-up only (torchrun starts each rank in a session of its own)
+        for pid in [proc.pid] * (proc.poll() is None) + _processes_with(work):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_slurm_is_installed_only_under_ci(monkeypatch):

@@ -13,8 +13,10 @@ PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 PYTHON=${PYTHON:-python}
 
+# exec: torchrun takes this pid, so a signal to it (timeout, a container's PID 1, kill)
+# reaches torchrun, which passes it on to every rank.
 PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
-$PYTHON -m torch.distributed.run \
+exec $PYTHON -m torch.distributed.run \
     --nnodes=$NNODES \
     --node_rank=$NODE_RANK \
     --master_addr=$MASTER_ADDR \

@@ -16,8 +16,9 @@ SRUN_ARGS=${SRUN_ARGS:-""}
 PY_ARGS=${@:5}
 PYTHON=${PYTHON:-python}
 
+# exec: srun takes this pid, so a signal to it reaches srun, which passes it on to the job step.
 PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
-srun -p ${PARTITION} \
+exec srun -p ${PARTITION} \
     --job-name=${JOB_NAME} \
     --gres=gpu:${GPUS_PER_NODE} \
     --ntasks=${GPUS} \
