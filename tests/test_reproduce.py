@@ -13,6 +13,7 @@ import os.path as osp
 import shutil
 import socket
 import subprocess
+import warnings
 
 import pytest
 
@@ -136,6 +137,96 @@ def test_run_states(case, tmp_path):
             content = dict(here, pid=_dead_pid())
         (tmp_path / name).write_text(json.dumps(content))
     assert runs.state(str(tmp_path)) == expected
+
+
+JOB_CASES = {  # id: (job.json text, what the error must say)
+    'half_written': ('{"host": "h", "pi', 'is not a JSON object'),
+    'pid_a_string': (json.dumps(dict(host='h', pid='12')), "pid must be a pid, got '12'"),
+    'no_host': (json.dumps(dict(pid=12)), 'host must be a host name, got None'),
+    'returncode_a_string': (json.dumps(dict(returncode='0')), "returncode must be an exit status"),
+}
+
+
+@pytest.mark.parametrize('case', JOB_CASES)
+def test_a_bad_job_json_is_named_with_the_fix(case, tmp_path):
+    text, words = JOB_CASES[case]
+    (tmp_path / 'job.json').write_text(text)
+    with pytest.raises(ValueError) as info:
+        runs.state(str(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / 'job.json') in message and words in message, message
+    assert 'delete it if no launch of this run is alive' in message
+
+
+MATRIX_EDITS = {  # id: (edit of a good matrix.json's text, what the error must say)
+    'truncated': (lambda text: text[:len(text) // 2], 'is not valid JSON'),
+    'not_an_object': (lambda text: '[]', 'holds list, not an object'),
+    'no_configs': (lambda text: json.dumps({k: v for k, v in json.loads(text).items()
+                                            if k != 'configs'}), "has no 'configs'"),
+    'seeds_a_string': (lambda text: json.dumps(dict(json.loads(text), seeds='0')),
+                       "seeds must be a list of integers, got '0' (str)"),
+    'seed_a_bool': (lambda text: json.dumps(dict(json.loads(text), seeds=[True])),
+                    'seeds must be a list of integers'),
+    'quick_a_string': (lambda text: json.dumps(dict(json.loads(text), quick='8')),
+                       "quick must be an integer or null, got '8'"),
+    'data_roots_a_list': (lambda text: json.dumps(dict(json.loads(text), data_roots=['/d'])),
+                          'data_roots must be an object of dataset: path strings'),
+    'amp_a_string': (lambda text: json.dumps(dict(json.loads(text), amp='yes')),
+                     'amp must be true or false'),
+}
+
+
+@pytest.mark.parametrize('case', MATRIX_EDITS)
+def test_a_damaged_matrix_json_is_named_with_the_fix(case, tmp_path):
+    """Reading it back (status, gather) and launching into it again both refuse it, naming the
+    file, what is wrong and the fix."""
+    edit, words = MATRIX_EDITS[case]
+    matrix = runs.Matrix(DEMO, ['fame'], [0])
+    matrix.bind(str(tmp_path))
+    path = tmp_path / 'matrix.json'
+    path.write_text(edit(path.read_text()))
+    for call in (lambda: runs.Matrix.load(str(tmp_path)), lambda: matrix.bind(str(tmp_path))):
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert str(path) in message and words in message, message
+        assert 'rerun `tools/reproduce.py launch` with the arguments' in message, message
+
+
+SCALARS_CASES = {  # id: (scalars.json text, records read, what the warning or error says)
+    'whole': ('{"loss": 1.0, "iter": 4}\n{"mIoU": 40.0, "step": 4}\n',
+              [dict(loss=1.0, iter=4), dict(mIoU=40.0, step=4)], None),
+    'half_written_last_line': ('{"mIoU": 40.0, "step": 4}\n{"loss": 0.5, "it',
+                               [dict(mIoU=40.0, step=4)], 'skipped a half-written last line'),
+    'damaged_line_before_the_last': ('{"loss": 1.0, "iter": 4}\n{"lo\n{"mIoU": 40.0}\n', None,
+                                     'line 2, is not a JSON record'),
+    'not_a_record': ('{"loss": 1.0, "iter": 4}\n[1, 2]\n', None, 'line 2, holds list'),
+}
+
+
+@pytest.mark.parametrize('case', SCALARS_CASES)
+def test_scalars_with_a_half_written_last_line_read_up_to_it(case, tmp_path):
+    """A Runner killed while logging leaves a half-written last record: readers (status,
+    gather, recording a finished run) skip it and say so; damage before it is an error."""
+    text, records, words = SCALARS_CASES[case]
+    vis = tmp_path / '20261203_120000' / 'vis_data'
+    vis.mkdir(parents=True)
+    (vis / 'scalars.json').write_text(text)
+    if records is None:
+        with pytest.raises(ValueError) as info:
+            logs.all_scalars(str(tmp_path))
+        assert str(vis / 'scalars.json') in str(info.value) and words in str(info.value)
+        assert 'move the file aside' in str(info.value)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert logs.all_scalars(str(tmp_path)) == records
+        assert runs.final_metrics(str(tmp_path)) == {'mIoU': 40.0}
+    said = [str(w.message) for w in caught]
+    if words is None:
+        assert not said
+    else:
+        assert said and all(str(vis / 'scalars.json') in m and words in m for m in said), said
 
 
 CURVE_CASES = {  # id: (scalars records, curve of 'm')
@@ -383,3 +474,6 @@ def test_cli_errors_exit_with_the_message(tmp_path):
     assert proc.returncode != 0 and "unknown setting 'lion'" in proc.stdout
     proc = reproduce('status', '--work-dir', str(tmp_path / 'none'), check=False)
     assert proc.returncode != 0 and 'holds no matrix of runs' in proc.stdout
+    (tmp_path / 'matrix.json').write_text('{"configs": ["configs/demo/x.py"], "seeds": [0')
+    proc = reproduce('status', '--work-dir', str(tmp_path), check=False)
+    assert proc.returncode != 0 and 'matrix.json is not valid JSON' in proc.stdout, proc.stdout

@@ -7,6 +7,7 @@ beside them (``last_checkpoint`` names the newest).
 import glob
 import json
 import os.path as osp
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 STAMP_GLOB = '[0-9]' * 8 + '_' + '[0-9]' * 6
@@ -22,8 +23,26 @@ def stamp_dirs(work_dir: str, must_have: str = '') -> List[str]:
 
 
 def read_scalars(path: str) -> List[dict]:
+    """The records of one ``scalars.json``. A half-written last line (the Runner was killed while
+    logging) is skipped with a warning; a bad line before it is an error naming the file."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for n, line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            if n == lines[-1][0] and not line.endswith('\n'):
+                warnings.warn(f'{path}: skipped a half-written last line ({e}): the run was '
+                              'stopped while logging')
+                continue
+            raise ValueError(f'{path}, line {n}, is not a JSON record ({e}): the log is damaged; '
+                             'move the file aside to read the run without it') from None
+        if not isinstance(record, dict):
+            raise ValueError(f'{path}, line {n}, holds {type(record).__name__}, not a record: '
+                             'the log is damaged; move the file aside to read the run without it')
+        records.append(record)
+    return records
 
 
 def all_scalars(work_dir: str) -> List[dict]:

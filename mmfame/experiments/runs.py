@@ -88,8 +88,7 @@ class Matrix:
         path = osp.join(work_dir, 'matrix.json')
         mine = asdict(self)
         if osp.exists(path):
-            with open(path) as f:
-                theirs = json.load(f)
+            theirs = _read_matrix(path)
             if theirs != mine:
                 diff = ', '.join(f'{k}: {theirs.get(k)!r} there, {v!r} now'
                                  for k, v in mine.items() if theirs.get(k) != v)
@@ -106,13 +105,51 @@ class Matrix:
         if not osp.exists(path):
             raise ValueError(f'{work_dir} holds no matrix of runs (no matrix.json): start one with '
                              '`tools/reproduce.py launch`')
+        return cls(**_read_matrix(path))
+
+
+# matrix.json's keys: the type each must have, in words, and a check
+_MATRIX_TYPES = {
+    'configs': ('a list of config paths', lambda v: _list_of(v, str)),
+    'settings': ('a list of settings', lambda v: _list_of(v, str)),
+    'seeds': ('a list of integers', lambda v: _list_of(v, int)),
+    'quick': ('an integer or null', lambda v: v is None or _list_of([v], int)),
+    'cfg_options': ('a list of strings', lambda v: _list_of(v, str)),
+    'data_roots': ('an object of dataset: path strings',
+                   lambda v: isinstance(v, dict) and _list_of([*v, *v.values()], str)),
+    'amp': ('true or false', lambda v: isinstance(v, bool)),
+}
+_MATRIX_FIX = ('restore it, or delete it and rerun `tools/reproduce.py launch` with the arguments '
+               'that started the matrix (finished runs are kept)')
+
+
+def _list_of(values, kind) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in values)
+
+
+def _read_matrix(path: str) -> dict:
+    """matrix.json's keys, or an error that names the file, what is wrong and the fix."""
+    try:
         with open(path) as f:
             saved = json.load(f)
-        unknown = set(saved) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f'{path} was written by another version of mmfame (it has '
-                             f'{", ".join(sorted(unknown))}): use that version to continue it')
-        return cls(**saved)
+    except ValueError as e:
+        raise ValueError(f'{path} is not valid JSON ({e}): {_MATRIX_FIX}') from None
+    if not isinstance(saved, dict):
+        raise ValueError(f'{path} holds {type(saved).__name__}, not an object: {_MATRIX_FIX}')
+    unknown = set(saved) - set(Matrix.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f'{path} was written by another version of mmfame (it has '
+                         f'{", ".join(sorted(unknown))}): use that version to continue it')
+    for key in ('configs', 'settings', 'seeds'):
+        if key not in saved:
+            raise ValueError(f'{path} has no {key!r}: {_MATRIX_FIX}')
+    for key, value in saved.items():
+        must, ok = _MATRIX_TYPES[key]
+        if not ok(value):
+            raise ValueError(f'{path}: {key} must be {must}, got {value!r} '
+                             f'({type(value).__name__}): {_MATRIX_FIX}')
+    return saved
 
 
 # ------------------------------------------------------------------------- writing a run
@@ -193,11 +230,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _read_job(d: str) -> Optional[dict]:
+    """The run's job.json (None if there is none), or an error that names the file, what is
+    wrong and the fix."""
+    path = osp.join(d, 'job.json')
+    if not osp.exists(path):
+        return None
+    job = _read_json(path)
+    fix = ('delete it if no launch of this run is alive (the run then shows as interrupted or '
+           'pending, and the next launch resumes it)')
+    if not isinstance(job, dict):
+        raise ValueError(f'{path} is not a JSON object: {fix}')
+    # an ended launch has its exit status; one in flight, the host and pid that run it
+    must = dict(returncode=(int, 'an exit status')) if 'returncode' in job else dict(
+        host=(str, 'a host name'), pid=(int, 'a pid'))
+    for key, (kind, words) in must.items():
+        value = job.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f'{path}: {key} must be {words}, got {value!r}: {fix}')
+    return job
+
+
 def state(d: str) -> str:
     """pending, running, finished, interrupted (stopped with a checkpoint to resume) or failed."""
     if osp.exists(osp.join(d, 'done.json')):
         return 'finished'
-    job = _read_json(osp.join(d, 'job.json'))
+    job = _read_job(d)
     if job is None:
         return 'interrupted' if logs.latest_checkpoint(d) else 'pending'
     if 'returncode' not in job and (job.get('host') != socket.gethostname() or
