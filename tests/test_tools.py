@@ -188,6 +188,40 @@ def test_resume_is_bit_identical(task, request, demo_data, tmp_path):
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
+# id: what a stopped run's work dir holds beyond iter_N.pth, and what bare --resume says of it
+DAMAGED_WORK_DIRS = {
+    'newest checkpoint gone': 'iter_{2N}.pth: it does not exist',
+    'newest checkpoint cut short': 'iter_{2N}.pth: it is cut short',
+    'copied work dir': 'outside this work dir: resuming from its copy here',
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', DAMAGED_WORK_DIRS)
+def test_resume_goes_past_a_damaged_newest_checkpoint(case, det_run, demo_data, tmp_path):
+    """last_checkpoint names a file that is gone, one cut short (killed while writing it), or the
+    original of a copied work dir: bare --resume continues from the work dir's own newest whole
+    checkpoint, says so, and ends bit-identical to the uninterrupted run."""
+    cfg = det_run['cfg']
+    work = stopped_at(det_run, N, tmp_path / 'work')
+    newest = osp.join(work, f'iter_{2 * N}.pth')
+    named = newest
+    if case == 'newest checkpoint cut short':
+        with open(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'), 'rb') as f:
+            data = f.read()
+        with open(newest, 'wb') as f:
+            f.write(data[:len(data) // 2])
+    elif case == 'copied work dir':
+        named = osp.join(det_run['work_dir'], f'iter_{N}.pth')
+    with open(osp.join(work, 'last_checkpoint'), 'w') as f:
+        f.write(named)
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + cfg_options(
+        cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64))
+    assert DAMAGED_WORK_DIRS[case].replace('{2N}', str(2 * N)) in out, out[-3000:]
+    assert f'resumed epoch: 0, iter: {N}' in out
+    assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'), newest)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('num_classes', [5, 2])
 def test_resume_into_a_changed_model_fails_clearly(det_run, demo_data, tmp_path, num_classes):

@@ -3,11 +3,14 @@
 
 MMDetection 3.x's ``tools/train.py`` argument surface. The config's ``default_scope``
 (``mmdet``/``mmseg``) decides which package's registries the Runner uses, so one script serves
-both. Differences from upstream, none of which changes a run on GPUs:
+both. Differences from upstream:
 
 * ``import mmfame`` registers ``type='FAME'`` and the allowlist with which ``--resume`` loads
   mmengine Runner checkpoints under torch >= 2.6 (as it does for upstream's own train.py);
-* without CUDA, the distributed launchers run on gloo (``mmfame.engine.setup_cpu_distributed``).
+* without CUDA, the distributed launchers run on gloo (``mmfame.engine.setup_cpu_distributed``);
+* a bare ``--resume`` continues from the newest whole checkpoint of the work dir, also where
+  ``last_checkpoint`` names a file that is gone, cut short or in another (copied) work dir
+  (``mmfame.engine.resume``).
 """
 import argparse
 import os
@@ -24,7 +27,8 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.engine import finalize_distributed, setup_cpu_distributed  # noqa: E402
+from mmfame.engine import (finalize_distributed, resume_checkpoint,  # noqa: E402
+                           setup_cpu_distributed)
 
 
 def parse_args():
@@ -137,8 +141,10 @@ def main():
 
     # resume is determined in this priority: resume from > auto_resume
     if args.resume == 'auto':
+        # the newest whole checkpoint of this work dir (mmengine's own choice, last_checkpoint,
+        # may name another work dir's file or one cut short)
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume

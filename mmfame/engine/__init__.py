@@ -1,6 +1,6 @@
 """mmfame's OpenMMLab integration (needs mmengine): the optim wrapper constructor and its
-registration, CPU-only distributed launchers, and loading mmengine Runner checkpoints under
-torch >= 2.6 (``weights_only=True`` by default).
+registration, CPU-only distributed launchers, loading mmengine Runner checkpoints under
+torch >= 2.6 (``weights_only=True`` by default), and which checkpoint a bare ``--resume`` takes.
 
 Its modules change nothing when imported: ``import mmfame`` calls :func:`register_all` and
 :func:`register_checkpoint_safe_globals`, tools/train.py and tools/test.py the dist helpers.
@@ -11,10 +11,12 @@ from .dist import (CPU_DDP_TYPE, CPU_FSDP_TYPE, MMFameCPUDDP, MMFameCPUFSDP, cud
                    finalize_distributed, patch_init_dist_for_cpu, setup_cpu_distributed)
 from .optimizers import FAMEOptimWrapperConstructor
 from .registry import register_all
+from .resume import resume_checkpoint, unreadable_reason
 
 __all__ = [
     'FAMEOptimWrapperConstructor', 'register_all',
     'checkpoint_safe_globals', 'history_buffer_getattr', 'register_checkpoint_safe_globals',
     'CPU_DDP_TYPE', 'CPU_FSDP_TYPE', 'MMFameCPUDDP', 'MMFameCPUFSDP',
-    'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed'
+    'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed',
+    'resume_checkpoint', 'unreadable_reason'
 ]

@@ -1,0 +1,93 @@
+"""Which checkpoint a bare ``--resume`` continues from.
+
+mmengine resumes from the file that ``<work_dir>/last_checkpoint`` names, by the absolute path it
+was written with: a copied work dir resumes from the original's files, a named file that is gone
+ends every rerun, and a checkpoint cut short (killed while writing it, a full disk) fails to load
+on every rerun although an older one is there. :func:`resume_checkpoint` picks the checkpoint of
+that name in this work dir and, where it is missing or cut short, the newest one that is whole,
+saying which and why; it refuses to start from scratch where checkpoints exist but none is whole.
+"""
+import glob
+import logging
+import os.path as osp
+import re
+import zipfile
+from typing import List, Optional
+
+from mmengine.logging import print_log
+
+__all__ = ['resume_checkpoint', 'unreadable_reason']
+
+# the checkpoints mmengine's CheckpointHook writes (best_*.pth are not where training stopped)
+_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
+
+
+def unreadable_reason(path: str) -> Optional[str]:
+    """None for a whole torch checkpoint, else why it cannot be resumed from.
+
+    ``torch.save`` writes a zip archive whose directory comes last: a file cut short has none.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except FileNotFoundError:
+        return 'it does not exist'
+    except (OSError, zipfile.BadZipFile) as e:
+        return f'it is cut short or damaged ({e})'
+    if not any(n == 'data.pkl' or n.endswith('/data.pkl') for n in names):
+        return 'it is not a torch checkpoint (no data.pkl)'
+    return None
+
+
+def _newest_first(work_dir: str) -> List[str]:
+    found = [p for p in glob.glob(osp.join(work_dir, '*.pth')) if _NAME.match(osp.basename(p))]
+    return sorted(found, key=lambda p: (int(_NAME.match(osp.basename(p)).group(1)),
+                                        osp.getmtime(p)), reverse=True)
+
+
+def resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint to resume ``work_dir``'s run from where mmengine's own choice would be
+    wrong; None where it is right (the whole file ``last_checkpoint`` names, or nothing at all).
+
+    In order: the file ``last_checkpoint`` names, taken in ``work_dir`` (a copied work dir
+    resumes from its own copy); that path as written (a CheckpointHook ``out_dir`` elsewhere);
+    then ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir``, newest first. The first whole one wins.
+    """
+    try:
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            named = f.read().strip() or None
+    except OSError:
+        named = None
+    if named and '://' in named:  # a remote backend's path: mmengine's own loader reads it
+        return None
+    candidates, copy = [], None
+    if named:
+        as_written = osp.abspath(named if osp.isabs(named) else osp.join(work_dir, named))
+        copy = osp.abspath(osp.join(work_dir, osp.basename(named)))
+        candidates += [copy, as_written]
+    candidates += _newest_first(work_dir)
+    skipped = []
+    for path in dict.fromkeys(osp.abspath(p) for p in candidates):
+        why = unreadable_reason(path)
+        if why is not None:
+            if not (path == copy != as_written and not osp.exists(path)):  # no copy here: fine
+                skipped.append(f'{path}: {why}')
+            continue
+        if skipped:
+            print_log(f'resume: skipped {"; ".join(skipped)}. Resuming from {path}, the newest '
+                      'whole checkpoint.', logger='current', level=logging.WARNING)
+        elif not named:
+            print_log(f'resume: no last_checkpoint in {work_dir}: resuming from its newest '
+                      f'checkpoint, {path}.', logger='current', level=logging.WARNING)
+        elif path == osp.abspath(named):
+            return None  # the whole file last_checkpoint names: mmengine resumes from it
+        elif path != as_written:
+            print_log(f'resume: last_checkpoint names {named}, outside this work dir: resuming '
+                      f'from its copy here, {path}.', logger='current', level=logging.WARNING)
+        return path
+    if skipped:
+        raise RuntimeError(
+            f'--resume: no checkpoint of {work_dir} can be resumed from ({"; ".join(skipped)}). '
+            'Resume from a whole one with --resume PATH, or move these and last_checkpoint aside '
+            'to train from scratch.')
+    return None
