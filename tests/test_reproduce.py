@@ -13,6 +13,9 @@ import os.path as osp
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
+import time
 import warnings
 
 import pytest
@@ -109,16 +112,35 @@ def _dead_pid():
     return proc.pid
 
 
-STATE_CASES = {  # id: (files in the run folder, state); 'ckpt' = a checkpoint to resume from
+def _whole_checkpoint(path):
+    """A file resume takes for a whole checkpoint (a zip with data.pkl, as torch.save writes)."""
+    import zipfile
+    with zipfile.ZipFile(path, 'w') as z:
+        z.writestr('archive/data.pkl', b'')
+
+
+# id: (files in the run folder, state). 'ckpt': a whole checkpoint named in last_checkpoint;
+# 'cut': a newer one cut short, named instead; lock.json 'alive'/'dead': held by this host's
+# pid that is alive/gone; a (lock, age in seconds) pair: that lock, refreshed that long ago
+STATE_CASES = {
     'pending': ({}, 'pending'),
     'finished': ({'done.json': {}, 'job.json': dict(returncode=0)}, 'finished'),
-    'running': ({'job.json': 'alive'}, 'running'),
-    'running_elsewhere': ({'job.json': dict(host='another-node', pid=1)}, 'running'),
-    'launcher_died_no_checkpoint': ({'job.json': 'dead'}, 'failed'),
-    'launcher_died_with_checkpoint': ({'job.json': 'dead', 'ckpt': True}, 'interrupted'),
+    'running': ({'lock.json': 'alive'}, 'running'),
+    'running_elsewhere': ({'lock.json': (dict(host='another-node', pid=1), 60)}, 'running'),
+    'launch_gone_elsewhere': ({'lock.json': (dict(host='another-node', pid=1), 3600),
+                               'ckpt': True}, 'interrupted'),
+    'launch_died_no_checkpoint': ({'lock.json': 'dead', 'job.json': 'dead'}, 'failed'),
+    'launch_died_with_checkpoint': ({'lock.json': 'dead', 'job.json': 'dead', 'ckpt': True},
+                                    'interrupted'),
+    'job_json_alive_without_lock': ({'job.json': 'alive', 'ckpt': True}, 'interrupted'),
     'cancelled': ({'job.json': dict(returncode=143), 'ckpt': True}, 'interrupted'),
+    'preempted': ({'job.json': dict(returncode=1, preempted=True, progress=False),
+                   'ckpt': True}, 'interrupted'),
+    'failed_again_without_progress': ({'job.json': dict(returncode=1, progress=False),
+                                       'ckpt': True}, 'failed'),
     'failed': ({'job.json': dict(returncode=1)}, 'failed'),
     'trained_by_hand': ({'ckpt': True}, 'interrupted'),
+    'newest_checkpoint_cut_short': ({'ckpt': True, 'cut': True}, 'interrupted'),
 }
 
 
@@ -126,17 +148,137 @@ STATE_CASES = {  # id: (files in the run folder, state); 'ckpt' = a checkpoint t
 def test_run_states(case, tmp_path):
     files, expected = STATE_CASES[case]
     here = dict(host=socket.gethostname())
+    if files.get('ckpt'):
+        _whole_checkpoint(tmp_path / 'iter_4.pth')
+        (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    if files.get('cut'):
+        (tmp_path / 'iter_8.pth').write_bytes(b'PK\x03\x04 cut short')
+        (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_8.pth'))
     for name, content in files.items():
-        if name == 'ckpt':
-            (tmp_path / 'iter_4.pth').write_bytes(b'x')
-            (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+        if name in ('ckpt', 'cut'):
             continue
-        if content == 'alive':
+        age = 0
+        if isinstance(content, tuple):
+            content, age = content
+        elif content == 'alive':
             content = dict(here, pid=os.getpid())
         elif content == 'dead':
             content = dict(here, pid=_dead_pid())
         (tmp_path / name).write_text(json.dumps(content))
+        os.utime(tmp_path / name, (time.time() - age,) * 2)
     assert runs.state(str(tmp_path)) == expected
+    if files.get('ckpt'):  # what the next --resume takes, past a checkpoint cut short
+        assert logs.latest_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+
+
+CLAIMS = {  # id: (the lock a launch finds, its age in seconds, whether the launch takes the run)
+    'none': (None, 0, True),
+    'this host, alive': ('alive', 0, False),
+    'this host, gone': ('dead', 0, True),
+    'this host, launch gone, its job alive': ('job alive', 0, False),
+    'another host, refreshed': (dict(host='another-node', pid=1), 60, False),
+    'another host, silent': (dict(host='another-node', pid=1), 3600, True),
+    'half written, recent': ('', 0, False),
+}
+
+
+@pytest.mark.parametrize('case', CLAIMS)
+def test_a_run_is_trained_by_one_launch(case, tmp_path):
+    """A launch claims a run's lock; a live holder (this host: its pids; another host: its
+    refreshes) keeps it, a gone one is taken over, saying so."""
+    lock, age, taken = CLAIMS[case]
+    here = dict(host=socket.gethostname())
+    path = tmp_path / 'lock.json'
+    other = subprocess.Popen(['sleep', '600'])  # a live process of another launch
+    try:
+        if lock == 'alive':
+            lock = dict(here, pid=other.pid)
+        elif lock == 'dead':
+            lock = dict(here, pid=_dead_pid())
+        elif lock == 'job alive':
+            lock = dict(here, pid=_dead_pid(), job_pid=other.pid)
+        _claim(lock, age, taken, path, tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _claim(lock, age, taken, path, tmp_path):
+    if lock is not None:
+        path.write_text(lock if isinstance(lock, str) else json.dumps(lock))
+        os.utime(path, (time.time() - age,) * 2)
+    said = []
+    launcher, run = runs.Launcher('local'), runs.Run(DEMO[0], 'fame', 0)
+    held = runs.claim(str(tmp_path), launcher, run, echo=said.append)
+    assert (held is None) == taken, held
+    if taken:
+        mine = json.loads(path.read_text())
+        assert mine['pid'] == os.getpid() and runs.state(str(tmp_path)) == 'running'
+        assert ('taking over' in ''.join(said)) == (lock is not None)
+        assert not list(tmp_path.glob('lock.json.stale.*'))
+        runs.release(str(tmp_path))
+        assert not path.exists()
+    else:
+        assert runs.state(str(tmp_path)) == 'running'
+        assert runs.claim(str(tmp_path), launcher, run) is not None  # still held
+        assert json.loads(path.read_text() or '{}').get('pid') != os.getpid()
+
+
+# A stand-in for tools/train.py in launch()'s loop: what each attempt of a run does, by setting
+FAKE_TRAIN = textwrap.dedent('''\
+    import json, os, sys, zipfile
+    d, plan = sys.argv[1], sys.argv[2].split(',')
+    with open(os.path.join(d, 'attempts'), 'a') as f:
+        f.write('x')
+    attempt = os.path.getsize(os.path.join(d, 'attempts'))
+    step = plan[min(attempt, len(plan)) - 1]
+    if step in ('preempted', 'progress'):  # a new checkpoint, then the way it stopped
+        path = os.path.join(d, f'iter_{attempt}.pth')
+        with zipfile.ZipFile(path, 'w') as z:
+            z.writestr('archive/data.pkl', b'')
+        open(os.path.join(d, 'last_checkpoint'), 'w').write(path)
+        if step == 'preempted':  # as torchrun reports it: its own status, the hook's record
+            open(os.path.join(d, 'preempted.json'), 'w').write('{}')
+    sys.exit(0 if step == 'done' else 1)
+    ''')
+PLANS = {'fame': 'preempted,progress,done', 'adamw': 'fail'}  # attempts of each setting
+
+
+class FakeLauncher(runs.Launcher):
+    def command(self, run, child, d, cfg_options, port, amp=False):
+        return [PY, '-c', FAKE_TRAIN, d, PLANS[run.setting]], {}
+
+
+@needs_openmmlab
+def test_launch_retries_progress_never_a_repeated_failure_and_leaves_held_runs(tmp_path):
+    """--retries 3: the preempted run and the one that stopped after a new checkpoint are
+    resumed until done; one that fails without a new checkpoint is failed after one launch (a
+    rerun would fail the same way); a run another live launch holds is left alone."""
+    work = str(tmp_path)
+    matrix = runs.Matrix(configs=DEMO, settings=['fame', 'adamw'], seeds=[0])
+    held = runs.run_dir(work, runs.Run(DEMO[1], 'fame', 0))
+    os.makedirs(held)
+    other = subprocess.Popen(['sleep', '600'])
+    try:
+        with open(osp.join(held, 'lock.json'), 'w') as f:
+            json.dump(dict(host=socket.gethostname(), pid=other.pid), f)
+        said = []
+        states = runs.launch(matrix, work, FakeLauncher('local'), retries=3, echo=said.append)
+    finally:
+        other.kill()
+        other.wait()
+    text = '\n'.join(said)
+    attempts = {r.key: len(open(osp.join(runs.run_dir(work, r), 'attempts')).read())
+                for r in matrix.runs if r.config == DEMO[0]}
+    fame, adamw = (runs.Run(DEMO[0], s, 0).key for s in ('fame', 'adamw'))
+    assert attempts == {fame: 3, adamw: 1}, text
+    assert states[fame] == 'finished' and states[adamw] == 'failed', text
+    assert f'{fame}: interrupted (exit 1 preempted' in text
+    assert f'{adamw}: failed (exit 1' in text and 'so it is not retried' in text
+    assert states[runs.Run(DEMO[1], 'fame', 0).key] == 'running'
+    assert 'left alone (held by ' in text and not osp.exists(osp.join(held, 'attempts'))
+    assert not any(osp.exists(osp.join(runs.run_dir(work, r), 'lock.json'))
+                   for r in matrix.runs if r.config == DEMO[0])  # released
 
 
 JOB_CASES = {  # id: (job.json text, what the error must say)

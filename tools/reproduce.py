@@ -11,10 +11,13 @@ Commands (``--work-dir`` holds one matrix of runs; default ``work_dirs/reproduce
     python tools/reproduce.py cost coco ade20k  # GPU-hours and memory before launching
 
 ``launch`` is idempotent: rerun the same command after a preemption, a ``scancel`` or a crash and
-finished runs are left alone, interrupted ones continue from their last checkpoint (every launch
-passes ``--resume``), pending ones start. It waits for the runs it started (run it under
-``nohup``/``tmux`` on a login node); ``--retries K`` relaunches a run that stopped with a
-checkpoint up to K times without waiting for the rerun. Configs are groups (``coco``,
+finished runs are left alone, interrupted ones continue from their newest checkpoint (every launch
+passes ``--resume``), pending ones start. A run trains once: a launch holds a lock per run, and a
+second launch (from any login node) leaves held runs alone, saying who holds them, and takes over
+those whose launch is gone. It waits for the runs it started (run it under ``nohup``/``tmux`` on a
+login node); SIGTERM to it stops its jobs with a checkpoint. ``--retries K`` relaunches a run that
+was preempted or stopped after making progress up to K times; one that failed without a new
+checkpoint is reported with its log, not retried. Configs are groups (``coco``,
 ``ade20k``, ``demo``), config names or paths, or globs (``'*retinanet*'``). Settings:
 ``fame`` (the shipped config as it is), ``baseline`` (its ``mmdet::``/``mmseg::`` base unchanged),
 ``adamw`` (AdamW with the FAME config's lr, betas, eps, weight decay and schedule), ``fame-full``
@@ -72,7 +75,8 @@ def parse_args(argv=None):
     q.add_argument('--max-jobs', type=int, default=None,
                    help='runs at the same time (default: all with slurm, else 1)')
     q.add_argument('--retries', type=int, default=0,
-                   help='relaunch a run that stopped with a checkpoint up to this many times')
+                   help='relaunch a run that was preempted or stopped after making progress up '
+                   'to this many times')
 
     q = sub.add_parser('status', help='list every run of the matrix and its state')
     work_dir(q)
@@ -121,6 +125,9 @@ def print_status(work_dir: str) -> None:
         progress = [f'iter {r["last_iter"]}' if r['last_iter'] is not None else '',
                     f'checkpoint {osp.basename(r["checkpoint"])}' if r['checkpoint'] else '',
                     ', '.join(f'{k} {v:.4g}' for k, v in r['metrics'].items() if v is not None)]
+        if r['holder']:
+            progress.append(f'held by {r["holder"]}' if r['holder_alive'] else
+                            f'its launch is gone ({r["holder"]}): the next launch takes it over')
         print(f'{r["key"]:<{width}}  {r["state"]:<11}  {"; ".join(x for x in progress if x)}')
     counts = {s: sum(r['state'] == s for r in rows) for s in runs.STATES}
     print(', '.join(f'{n} {s}' for s, n in counts.items() if n), f'of {len(rows)} runs')

@@ -10,7 +10,10 @@ both. Differences from upstream:
 * without CUDA, the distributed launchers run on gloo (``mmfame.engine.setup_cpu_distributed``);
 * a bare ``--resume`` continues from the newest whole checkpoint of the work dir, also where
   ``last_checkpoint`` names a file that is gone, cut short or in another (copied) work dir
-  (``mmfame.engine.resume``).
+  (``mmfame.engine.resume``);
+* SIGTERM or SIGUSR1 (a cluster's preemption, time limit or early warning) saves a checkpoint at
+  the end of the current iteration on every rank and exits with 75, "resume me"
+  (``mmfame.engine.PreemptionHook``; ``--no-preemption-hook`` leaves the signals alone).
 """
 import argparse
 import os
@@ -27,8 +30,8 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.engine import (finalize_distributed, resume_checkpoint,  # noqa: E402
-                           setup_cpu_distributed)
+from mmfame.engine import (PreemptionHook, finalize_distributed,  # noqa: E402
+                           resume_checkpoint, setup_cpu_distributed)
 
 
 def parse_args():
@@ -52,6 +55,10 @@ def parse_args():
         help='If specify checkpoint path, resume from it, while if not '
         'specify, try to auto resume from the latest checkpoint '
         'in the work directory.')
+    parser.add_argument(
+        '--no-preemption-hook',
+        action='store_true',
+        help='do not checkpoint and exit with 75 on SIGTERM/SIGUSR1 (PreemptionHook)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -148,6 +155,13 @@ def main():
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+
+    # checkpoint on a cluster's stop signal, unless the config has the hook or it is turned off
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not args.no_preemption_hook and not any(
+            isinstance(h, dict) and h.get('type') in ('PreemptionHook', PreemptionHook)
+            for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='PreemptionHook')]
 
     # No CUDA + a distributed launcher: gloo, no device_ids, no SyncBN. No-op with CUDA.
     setup_cpu_distributed(cfg)

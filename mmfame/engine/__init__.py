@@ -1,6 +1,7 @@
 """mmfame's OpenMMLab integration (needs mmengine): the optim wrapper constructor and its
 registration, CPU-only distributed launchers, loading mmengine Runner checkpoints under
-torch >= 2.6 (``weights_only=True`` by default), and which checkpoint a bare ``--resume`` takes.
+torch >= 2.6 (``weights_only=True`` by default), which checkpoint a bare ``--resume`` takes, and
+the hook that checkpoints on a cluster's stop signal.
 
 Its modules change nothing when imported: ``import mmfame`` calls :func:`register_all` and
 :func:`register_checkpoint_safe_globals`, tools/train.py and tools/test.py the dist helpers.
@@ -10,6 +11,7 @@ from .checkpoint import (checkpoint_safe_globals, history_buffer_getattr,
 from .dist import (CPU_DDP_TYPE, CPU_FSDP_TYPE, MMFameCPUDDP, MMFameCPUFSDP, cuda_available,
                    finalize_distributed, patch_init_dist_for_cpu, setup_cpu_distributed)
 from .optimizers import FAMEOptimWrapperConstructor
+from .preemption import PREEMPTED_EXIT, PREEMPTION_RECORD, PreemptionHook
 from .registry import register_all
 from .resume import resume_checkpoint, unreadable_reason
 
@@ -18,5 +20,6 @@ __all__ = [
     'checkpoint_safe_globals', 'history_buffer_getattr', 'register_checkpoint_safe_globals',
     'CPU_DDP_TYPE', 'CPU_FSDP_TYPE', 'MMFameCPUDDP', 'MMFameCPUFSDP',
     'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed',
-    'resume_checkpoint', 'unreadable_reason'
+    'resume_checkpoint', 'unreadable_reason', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
+    'PreemptionHook'
 ]

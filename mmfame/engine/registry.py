@@ -12,6 +12,7 @@ from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Reg
 from mmfame.optim import FAME
 
 from .optimizers import FAMEOptimWrapperConstructor
+from .preemption import PreemptionHook
 from .sharding import (ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume,
                        patch_runners_for_zero)
 
@@ -33,6 +34,7 @@ def register_all() -> None:
     # mmengine's ZeroRedundancyOptimizer finds optimizer_type='FAME' only in torch.optim.
     expose_in_torch_optim('FAME', FAME)
     register(HOOKS, 'ZeroCheckpointHook', ZeroCheckpointHook)
+    register(HOOKS, 'PreemptionHook', PreemptionHook)
     patch_runners_for_zero()  # rank-0 checkpoints of ZeRO hang without that hook
     patch_fsdp_resume()
     register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',

@@ -16,10 +16,10 @@ from typing import List, Optional
 
 from mmengine.logging import print_log
 
-__all__ = ['resume_checkpoint', 'unreadable_reason']
+__all__ = ['resumable_checkpoint', 'resume_checkpoint', 'unreadable_reason']
 
 # the checkpoints mmengine's CheckpointHook writes (best_*.pth are not where training stopped)
-_NAME = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
+_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
 
 
 def unreadable_reason(path: str) -> Optional[str]:
@@ -40,9 +40,38 @@ def unreadable_reason(path: str) -> Optional[str]:
 
 
 def _newest_first(work_dir: str) -> List[str]:
-    found = [p for p in glob.glob(osp.join(work_dir, '*.pth')) if _NAME.match(osp.basename(p))]
-    return sorted(found, key=lambda p: (int(_NAME.match(osp.basename(p)).group(1)),
-                                        osp.getmtime(p)), reverse=True)
+    """``iter_N.pth``/``epoch_N.pth`` of ``work_dir``, newest first: by N where all are of one
+    kind, else by time written (an epoch-based run stopped mid-epoch adds an ``iter_N.pth``)."""
+    found = [(p, _NAME.match(osp.basename(p))) for p in glob.glob(osp.join(work_dir, '*.pth'))]
+    found = [(p, m) for p, m in found if m]
+    one_kind = len({m.group(1) for _, m in found}) <= 1
+    return [p for p, _ in sorted(found, reverse=True, key=lambda f: (
+        int(f[1].group(2)) if one_kind else 0, osp.getmtime(f[0])))]
+
+
+def _candidates(work_dir: str):
+    """(what last_checkpoint names, its copy in work_dir, it as written, every candidate in
+    the order a resume tries them)."""
+    try:
+        with open(osp.join(work_dir, 'last_checkpoint')) as f:
+            named = f.read().strip() or None
+    except OSError:
+        named = None
+    candidates, copy, as_written = [], None, None
+    if named and '://' not in named:
+        as_written = osp.abspath(named if osp.isabs(named) else osp.join(work_dir, named))
+        copy = osp.abspath(osp.join(work_dir, osp.basename(named)))
+        candidates += [copy, as_written]
+    candidates += _newest_first(work_dir)
+    return named, copy, as_written, list(dict.fromkeys(osp.abspath(p) for p in candidates))
+
+
+def resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint a bare ``--resume`` of ``work_dir`` continues from (None: from scratch)."""
+    named, _, _, candidates = _candidates(work_dir)
+    if named and '://' in named:
+        return named
+    return next((p for p in candidates if unreadable_reason(p) is None), None)
 
 
 def resume_checkpoint(work_dir: str) -> Optional[str]:
@@ -53,21 +82,11 @@ def resume_checkpoint(work_dir: str) -> Optional[str]:
     resumes from its own copy); that path as written (a CheckpointHook ``out_dir`` elsewhere);
     then ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir``, newest first. The first whole one wins.
     """
-    try:
-        with open(osp.join(work_dir, 'last_checkpoint')) as f:
-            named = f.read().strip() or None
-    except OSError:
-        named = None
+    named, copy, as_written, candidates = _candidates(work_dir)
     if named and '://' in named:  # a remote backend's path: mmengine's own loader reads it
         return None
-    candidates, copy = [], None
-    if named:
-        as_written = osp.abspath(named if osp.isabs(named) else osp.join(work_dir, named))
-        copy = osp.abspath(osp.join(work_dir, osp.basename(named)))
-        candidates += [copy, as_written]
-    candidates += _newest_first(work_dir)
     skipped = []
-    for path in dict.fromkeys(osp.abspath(p) for p in candidates):
+    for path in candidates:
         why = unreadable_reason(path)
         if why is not None:
             if not (path == copy != as_written and not osp.exists(path)):  # no copy here: fine

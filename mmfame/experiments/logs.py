@@ -109,15 +109,10 @@ def last_logged_iter(work_dir: str) -> Optional[int]:
 
 
 def latest_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint ``last_checkpoint`` names (what ``--resume`` continues from), if it exists."""
-    try:
-        with open(osp.join(work_dir, 'last_checkpoint')) as f:
-            path = f.read().strip()
-    except OSError:
-        return None
-    if path and not osp.isabs(path):
-        path = osp.join(work_dir, osp.basename(path))
-    return path if path and osp.exists(path) else None
+    """The checkpoint ``--resume`` continues the run from: the whole one ``last_checkpoint``
+    names, else the newest whole one (:func:`mmfame.engine.resume.resumable_checkpoint`)."""
+    from mmfame.engine.resume import resumable_checkpoint
+    return resumable_checkpoint(work_dir)
 
 
 def test_metrics(test_dir: str) -> Dict[str, float]:

@@ -7,22 +7,33 @@ Layout: ``<work_dir>/matrix.json`` (what the matrix is) and per run its child co
 dumps the expanded config into its work dir under the config's file name) and its folder
 ``<work_dir>/<config stem>/<setting>/seed_<S>/``, holding
 
-* ``job.json``: the last launch (launcher, command, host, pid, start, end and exit status);
+* ``lock.json``: held while a launch trains the run (host and pid of the launch and of its
+  job, Slurm job name; its time refreshed every :data:`HEARTBEAT_S`): a second launch, from this
+  host or another, leaves the run alone and says who holds it; a lock whose holder is gone (pids
+  dead on this host; on another, no refresh for :data:`STALE_AFTER_S` and no Slurm job of the
+  run's name) is taken over;
+* ``job.json``: the last launch (launcher, command, host, pid, start, end, exit status, and
+  whether it was preempted or made progress);
 * ``done.json``: written once training exited 0; a run holding it is never launched again;
 * ``launch.log``: what every launch printed; the Runner's own files (checkpoints,
   ``<timestamp>/vis_data/scalars.json``) as ``tools/train.py --work-dir`` leaves them.
 
-Every launch passes ``--resume``: mmengine continues from the checkpoint ``last_checkpoint`` names,
-or starts from scratch where there is none, so an interrupted or preempted run loses at most one
-checkpoint interval.
+Every launch passes ``--resume``: the run continues from its newest whole checkpoint, or starts from
+scratch where there is none. A preempted run (SIGTERM/SIGUSR1: ``tools/train.py`` saves at the end
+of the iteration and exits with 75) loses at most that iteration; one killed outright loses at
+most a checkpoint interval. A launch that ended without a new checkpoint and was not preempted
+failed in a way a rerun would repeat: it is shown as failed with its log, never retried.
 """
+import glob
 import json
 import os
 import os.path as osp
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -31,6 +42,10 @@ from .configs import (REPO, child_config_text, config_stem, load_config, optimiz
                       parse_setting, run_name)
 
 STATES = ('pending', 'running', 'finished', 'interrupted', 'failed')
+HEARTBEAT_S = 30  # how often a launch refreshes the locks of the runs it trains
+STALE_AFTER_S = 600  # a lock on another host unrefreshed this long: its launch is gone
+PREEMPTED_EXIT = 75  # tools/train.py's exit status after a checkpoint on SIGTERM/SIGUSR1
+PREEMPTION_RECORD = 'preempted.json'  # ...and the record it leaves in the run's work dir
 LAUNCHERS = ('local', 'dist', 'slurm')
 DATASETS = {'mmdet': 'coco', 'mmseg': 'ade20k'}  # default_scope -> the --data-root key
 
@@ -251,17 +266,121 @@ def _read_job(d: str) -> Optional[dict]:
     return job
 
 
+# ------------------------------------------------------------------------ who trains a run
+def _lock_path(d: str) -> str:
+    return osp.join(d, 'lock.json')
+
+
+def _slurm_job_alive(name: Optional[str]) -> Optional[bool]:
+    """Whether Slurm still has a job of this name (None: no name or no Slurm client here)."""
+    if not name:
+        return None
+    try:
+        proc = subprocess.run(['squeue', '--noheader', '--name', name, '--format', '%i'],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def _lock_alive(lock: dict, age: float) -> bool:
+    if lock.get('host') == socket.gethostname():
+        return any(isinstance(p, int) and _alive(p) for p in (lock.get('pid'), lock.get('job_pid')))
+    if age < STALE_AFTER_S:
+        return True
+    return bool(_slurm_job_alive(lock.get('slurm_job')))
+
+
+def holder(d: str) -> Optional[dict]:
+    """The lock of the launch that trains the run now (with ``age``: seconds since its last
+    refresh), or None where there is no lock or its holder is gone."""
+    lock = _lock(d)
+    return lock if lock is not None and lock['alive'] else None
+
+
+def _lock(d: str) -> Optional[dict]:
+    path = _lock_path(d)
+    try:
+        age = time.time() - osp.getmtime(path)
+    except OSError:
+        return None
+    lock = _read_json(path)
+    if not isinstance(lock, dict):  # being written, or damaged: held until it goes stale
+        lock = {}
+        alive = age < STALE_AFTER_S
+    else:
+        alive = _lock_alive(lock, age)
+    return dict(lock, age=round(age), alive=alive)
+
+
+def describe_holder(lock: dict) -> str:
+    who = f'{lock.get("host", "?")} pid {lock.get("pid", "?")}'
+    if lock.get('slurm_job'):
+        who += f', Slurm job {lock["slurm_job"]}'
+    return f'{who}, refreshed {lock["age"]} s ago'
+
+
+def claim(d: str, launcher: 'Launcher', run: 'Run', echo=print) -> Optional[dict]:
+    """Take the run's lock for this launch; returns None once it is ours, else the live lock of
+    the launch that holds it. A lock whose holder is gone is taken over, saying so."""
+    path = _lock_path(d)
+    mine = dict(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex,
+                launcher=launcher.kind, started=time.time(),
+                slurm_job=run.job_name if launcher.kind == 'slurm' else None)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            lock = _lock(d)
+            if lock is None:
+                continue  # released meanwhile
+            if lock['alive']:
+                return lock
+            echo(f'[reproduce] {run.key}: taking over from a launch that is gone '
+                 f'({describe_holder(lock)})')
+            try:  # aside, not deleted: only one of two launches taking over can move it
+                os.replace(path, f'{path}.stale.{mine["token"]}')
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, 'w') as f:
+            json.dump(mine, f)
+        time.sleep(0.2)  # a launch that took over the same stale lock at the same time
+        if (_read_json(path) or {}).get('token') == mine['token']:
+            for stale in glob.glob(f'{path}.stale.*'):
+                os.remove(stale)
+            return None
+    lock = _lock(d)
+    return lock or dict(host='?', pid='?', age=0, alive=True)
+
+
+def _update_lock(d: str, **changes) -> None:
+    lock = _read_json(_lock_path(d))
+    if isinstance(lock, dict) and lock.get('pid') == os.getpid():
+        _write_json(_lock_path(d), dict(lock, **changes))
+
+
+def release(d: str) -> None:
+    lock = _read_json(_lock_path(d))
+    if isinstance(lock, dict) and lock.get('pid') == os.getpid() and \
+            lock.get('host') == socket.gethostname():
+        os.remove(_lock_path(d))
+
+
 def state(d: str) -> str:
-    """pending, running, finished, interrupted (stopped with a checkpoint to resume) or failed."""
+    """pending, running (a live launch holds its lock), finished, interrupted (preempted, or
+    stopped after making progress: a rerun resumes it) or failed (a rerun would fail again)."""
     if osp.exists(osp.join(d, 'done.json')):
         return 'finished'
-    job = _read_job(d)
-    if job is None:
-        return 'interrupted' if logs.latest_checkpoint(d) else 'pending'
-    if 'returncode' not in job and (job.get('host') != socket.gethostname() or
-                                    _alive(job['pid'])):
+    if holder(d) is not None:
         return 'running'
-    return 'interrupted' if logs.latest_checkpoint(d) else 'failed'
+    job = _read_job(d)
+    checkpoint = logs.latest_checkpoint(d)
+    if job is None or 'returncode' not in job:  # never launched here, or its launch died
+        return 'interrupted' if checkpoint else ('failed' if job else 'pending')
+    if job.get('preempted'):
+        return 'interrupted'
+    return 'interrupted' if checkpoint and job.get('progress', True) else 'failed'
 
 
 def describe(work_dir: str, run: Run) -> dict:
@@ -270,6 +389,7 @@ def describe(work_dir: str, run: Run) -> dict:
     records = logs.all_scalars(d)
     keys = [g[0] for g in logs.KNOWN_METRICS if any(g[0] in r for r in records)]
     st = state(d)
+    lock = _lock(d)
     done = _read_json(osp.join(d, 'done.json')) or {}
     return dict(
         config=run.config, setting=run.setting, seed=run.seed, state=st, key=run.key,
@@ -278,6 +398,7 @@ def describe(work_dir: str, run: Run) -> dict:
         step_unit='epoch' if any('epoch' in r for r in records if 'loss' in r) else 'iter',
         last_iter=max((r['iter'] for r in records if 'iter' in r and 'loss' in r), default=None),
         checkpoint=logs.latest_checkpoint(d), work_dir=d,
+        holder=describe_holder(lock) if lock else None, holder_alive=bool(lock and lock['alive']),
         log_tail=logs.tail(osp.join(d, 'launch.log')) if st in ('failed', 'interrupted') else '')
 
 
@@ -364,15 +485,22 @@ def _child_env(extra: Dict[str, str]) -> Dict[str, str]:
     return env
 
 
+def _checkpoint_mark(d: str):
+    path = logs.latest_checkpoint(d)
+    return (path, osp.getmtime(path)) if path else None
+
+
 class _Job:
     def __init__(self, run: Run, d: str, argv: List[str], env: Dict[str, str], attempt: int):
         self.run, self.dir, self.attempt, self.start = run, d, attempt, time.time()
+        self.before = _checkpoint_mark(d)
         self.log = open(osp.join(d, 'launch.log'), 'a')
         self.log.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} attempt {attempt}: '
                        f'{" ".join(argv)}\n')
         self.log.flush()
         self.proc = subprocess.Popen(argv, cwd=REPO, env=_child_env(env), stdout=self.log,
                                      stderr=subprocess.STDOUT)
+        _update_lock(d, job_pid=self.proc.pid)
         self.job = dict(argv=argv, env=env, host=socket.gethostname(), pid=self.proc.pid,
                         started=self.start, attempt=attempt)
         _write_json(osp.join(d, 'job.json'), self.job)
@@ -381,20 +509,51 @@ class _Job:
         rc = self.proc.returncode
         self.log.close()
         seconds = round(time.time() - self.start, 1)
-        self.job.update(returncode=rc, ended=time.time(), seconds=seconds)
+        record = osp.join(self.dir, PREEMPTION_RECORD)
+        # the exit status of tools/train.py, or its record where torchrun/srun report their own
+        preempted = rc == PREEMPTED_EXIT or (osp.exists(record) and
+                                             osp.getmtime(record) >= self.start - 1)
+        self.job.update(returncode=rc, ended=time.time(), seconds=seconds, preempted=preempted,
+                        progress=_checkpoint_mark(self.dir) != self.before)
         _write_json(osp.join(self.dir, 'job.json'), self.job)
         if rc == 0:
             _write_json(osp.join(self.dir, 'done.json'),
                         dict(returncode=0, seconds=seconds, metrics=final_metrics(self.dir),
                              last_iter=logs.last_logged_iter(self.dir)))
+        release(self.dir)
         return rc
+
+
+class _Stop:
+    """SIGTERM/SIGHUP to a launch: pass SIGTERM on to the jobs it runs (each saves a checkpoint
+    and exits), start nothing more, and record how they ended."""
+
+    def __init__(self, active: List['_Job'], echo):
+        self.active, self.echo, self.signal = active, echo, None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM,
+                                                                     signal.SIGHUP)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        self.echo(f'[reproduce] {self.signal}: stopping {len(self.active)} running job(s); '
+                  'each saves a checkpoint, and the same command resumes them')
+        for job in self.active:
+            if job.proc.poll() is None:
+                job.proc.send_signal(signal.SIGTERM)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def launch(matrix: Matrix, work_dir: str, launcher: Launcher, max_jobs: int = 1,
            retries: int = 0, echo=print) -> Dict[str, str]:
-    """Train every run of the matrix that is not finished or running, ``max_jobs`` at a time;
-    a run that stops with a checkpoint is relaunched (resumed) up to ``retries`` times. Returns
-    {run key: state} of every run afterwards."""
+    """Train every run of the matrix that is not finished or held by another launch,
+    ``max_jobs`` at a time; a run that was preempted or stopped after making progress is
+    relaunched (resumed) up to ``retries`` times. Returns {run key: state} of every run."""
     work_dir = osp.abspath(work_dir)
     matrix.bind(work_dir)
     launcher.check()
@@ -402,29 +561,52 @@ def launch(matrix: Matrix, work_dir: str, launcher: Launcher, max_jobs: int = 1,
     for run in matrix.runs:
         d = run_dir(work_dir, run)
         st = state(d)
-        if st in ('finished', 'running'):
-            echo(f'[reproduce] {run.key}: {st}, left alone')
+        if st == 'finished':
+            echo(f'[reproduce] {run.key}: finished, left alone')
+            continue
+        if st == 'running':
+            echo(f'[reproduce] {run.key}: running, left alone (held by '
+                 f'{describe_holder(holder(d) or dict(age="?"))})')
             continue
         queue.append((run, prepare(work_dir, run, matrix), 0))
     active: List[_Job] = []
-    while queue or active:
-        while queue and len(active) < max(1, max_jobs):
-            run, child, attempt = queue.pop(0)
-            d = run_dir(work_dir, run)
-            argv, env = launcher.command(run, child, d, matrix.cfg_options, _free_port(),
-                                         matrix.amp)
-            resumed = logs.latest_checkpoint(d)
-            echo(f'[reproduce] {run.key}: ' + (f'resuming from {osp.basename(resumed)}'
-                                               if resumed else 'starting'))
-            active.append(_Job(run, d, argv, env, attempt))
-        time.sleep(1)
-        for job in [j for j in active if j.proc.poll() is not None]:
-            active.remove(job)
-            rc = job.finish()
-            st = state(job.dir)
-            echo(f'[reproduce] {job.run.key}: {st} (exit {rc}, {job.job["seconds"]:.0f} s)')
-            if st == 'interrupted' and job.attempt < retries:
-                queue.append((job.run, child_path(work_dir, job.run), job.attempt + 1))
+    beat = time.time()
+    with _Stop(active, echo) as stop:
+        while (queue and not stop.signal) or active:
+            while queue and len(active) < max(1, max_jobs) and not stop.signal:
+                run, child, attempt = queue.pop(0)
+                d = run_dir(work_dir, run)
+                held = claim(d, launcher, run, echo)
+                if held is not None:
+                    echo(f'[reproduce] {run.key}: held by another launch '
+                         f'({describe_holder(held)}), left alone')
+                    continue
+                argv, env = launcher.command(run, child, d, matrix.cfg_options, _free_port(),
+                                             matrix.amp)
+                resumed = logs.latest_checkpoint(d)
+                echo(f'[reproduce] {run.key}: ' + (f'resuming from {osp.basename(resumed)}'
+                                                   if resumed else 'starting'))
+                active.append(_Job(run, d, argv, env, attempt))
+            time.sleep(1)
+            if time.time() - beat > HEARTBEAT_S:
+                beat = time.time()
+                for job in active:
+                    try:
+                        os.utime(_lock_path(job.dir))
+                    except OSError:
+                        pass
+            for job in [j for j in active if j.proc.poll() is not None]:
+                active.remove(job)
+                rc = job.finish()
+                st = state(job.dir)
+                why = ' preempted' if job.job['preempted'] else ''
+                echo(f'[reproduce] {job.run.key}: {st} (exit {rc}{why}, '
+                     f'{job.job["seconds"]:.0f} s)')
+                if st == 'failed' and job.attempt < retries:
+                    echo(f'[reproduce] {job.run.key}: no new checkpoint since the launch and '
+                         'not preempted: a rerun would fail the same way, so it is not retried')
+                if st == 'interrupted' and job.attempt < retries and not stop.signal:
+                    queue.append((job.run, child_path(work_dir, job.run), job.attempt + 1))
     return {run.key: state(run_dir(work_dir, run)) for run in matrix.runs}
 
 
