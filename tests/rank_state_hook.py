@@ -1,10 +1,15 @@
-"""Test helper imported by the 2-rank end-to-end runs' configs (tests/e2e.py: rank_config): at
-the end of a run every rank writes what it holds: the bytes of its optimizer state (its shard
-under ZeRO or FSDP, all of it under DDP), a hash of its weights, the model wrapper, and under
-Slurm its node and the MASTER_ADDR it joined."""
+"""Test helper hooks imported by the end-to-end runs' configs (tests/e2e.py: rank_config).
+
+``RankStateHook``: at the end of a run every rank writes what it holds: the bytes of its optimizer
+state (its shard under ZeRO or FSDP, all of it under DDP), a hash of its weights, the model
+wrapper, and under Slurm its node and the MASTER_ADDR it joined.
+``PauseAtHook``: every rank waits after iteration ``MMFAME_PAUSE_AT`` until it got a stop signal
+or ``<work_dir>/go`` exists, so that a test signals a run at a known iteration.
+"""
 import hashlib
 import json
 import os
+import time
 
 from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
@@ -31,3 +36,19 @@ class RankStateHook(Hook):
                            wrapper=type(runner.model).__name__, weights=weights.hexdigest(),
                            node=os.environ.get('SLURMD_NODENAME', '-'),
                            master_addr=os.environ.get('MASTER_ADDR', '-')), f)
+
+
+@HOOKS.register_module(force=True)
+class PauseAtHook(Hook):
+    priority = 'VERY_LOW'  # before PreemptionHook (LOWEST) acts on the signal
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 != int(os.environ.get('MMFAME_PAUSE_AT', 0)):
+            return
+        preemption = next(h for h in runner.hooks if type(h).__name__ == 'PreemptionHook')
+        with open(os.path.join(runner.work_dir, f'paused_rank{get_rank()}'), 'w') as f:
+            f.write(str(os.getpid()))
+        deadline = time.time() + 300
+        go = os.path.join(runner.work_dir, 'go')
+        while preemption.received is None and not os.path.exists(go) and time.time() < deadline:
+            time.sleep(0.1)

@@ -22,6 +22,7 @@ those marked ``smoke`` run on every tested stack.
 """
 import copy
 import glob
+import json
 import os
 import os.path as osp
 import shutil
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -37,8 +39,8 @@ pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 
 import torch  # noqa: E402
 from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TESTS, TOOL_TIMEOUT, N,  # noqa: E402
-                 cfg_options, free_port, rank_reports, run_tool, slurm_env, slurm_mode,
-                 tool_env, wait_for)
+                 cfg_options, free_port, rank_config, rank_env, rank_reports, run_tool,
+                 slurm_env, slurm_mode, tool_env, wait_for)
 from mmengine.config import Config  # noqa: E402
 
 TOOLS = osp.join(REPO, 'tools')
@@ -291,6 +293,152 @@ def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data,
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(2 * N))
     assert f'resumed epoch: 0, iter: {N}' in out
     assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),
+                           osp.join(work, f'iter_{2 * N}.pth'))
+
+
+# ------------------------------------------------------------------------------ preemption
+def paused_config(path, text=''):
+    """The detection demo config with tests/rank_state_hook.py's PauseAtHook."""
+    with open(path, 'w') as f:
+        f.write(f'_base_ = {DET_CFG!r}\n'
+                "custom_imports = dict(imports=['mmfame', 'rank_state_hook'], "
+                'allow_failed_imports=False)\n'
+                "custom_hooks = [dict(type='PauseAtHook')]\n" + textwrap.dedent(text))
+    return str(path)
+
+
+def signalled_run(cmd, env, work, ranks, send):
+    """Run ``cmd`` (paused after iteration MMFAME_PAUSE_AT by PauseAtHook), call ``send`` with
+    the pids of its ranks once all wait there, let the ranks that got no signal go on; returns
+    (exit status, output)."""
+    log = osp.join(osp.dirname(work), osp.basename(work) + '.log')
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    paused = [osp.join(work, f'paused_rank{r}') for r in range(ranks)]
+    try:
+        wait_for(lambda: all(map(osp.exists, paused)) or proc.poll() is not None, 600,
+                 'the ranks to pause')
+        assert proc.poll() is None, open(log).read()[-3000:]
+        send([int(open(p).read()) for p in paused])
+        time.sleep(2)
+        open(osp.join(work, 'go'), 'w').close()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, open(log).read()
+
+
+def assert_preempted_at(work, iteration, out):
+    """What the stop left: the checkpoint of the iteration in flight, named in last_checkpoint,
+    no partial file, the record the engine reads."""
+    assert 'exiting with 75' in out, out[-3000:]
+    path = osp.join(work, f'iter_{iteration}.pth')
+    assert open(osp.join(work, 'last_checkpoint')).read() == path
+    assert _load(path)['meta']['iter'] == iteration
+    assert not glob.glob(osp.join(work, '.*.part'))
+    with open(osp.join(work, 'preempted.json')) as f:
+        assert json.load(f)['iter'] == iteration
+
+
+EPOCH_BASED = """\
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=2, val_interval=2)
+train_dataloader = dict(sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True))
+default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1))
+"""
+# id: (config text, iterations per run, iteration to stop at, signal, final checkpoint)
+PREEMPTIONS = {
+    'iteration-based': ('', 2 * N, N - 1, signal.SIGTERM, f'iter_{2 * N}.pth'),
+    'epoch-based': (EPOCH_BASED, 8, 6, signal.SIGUSR1, 'epoch_2.pth'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', PREEMPTIONS)
+def test_a_preempted_run_saves_at_the_signal_and_resumes_exactly(case, det_run, demo_data,
+                                                                 tmp_path):
+    """SIGTERM/SIGUSR1 mid-interval: tools/train.py saves the iteration in flight and exits 75;
+    --resume ends with the weights and FAME state of the uninterrupted run. The epoch-based run
+    (4 batches an epoch, AspectRatioBatchSampler, shuffled) stops inside its second epoch and
+    resumes there, without its random flip (mmengine reseeds on resume: a flip could differ)."""
+    text, iters, stop, sig, final = PREEMPTIONS[case]
+    cfg = paused_config(tmp_path / 'paused.py', text)
+    options = cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64)
+    if text:  # the loop, schedule and checkpoints are the config's own
+        options = [o for o in options if not o.startswith(('train_cfg.', 'default_hooks.chec'))]
+        flip = [i for i, t in enumerate(Config.fromfile(DET_CFG).train_pipeline)
+                if t['type'] == 'RandomFlip'][0]
+        options.append(f'train_dataloader.dataset.pipeline.{flip}.prob=0.0')
+        reference = str(tmp_path / 'uninterrupted')
+        run_tool([PY, 'tools/train.py', cfg, '--work-dir', reference] + options,
+                 env=rank_env())
+    else:
+        reference = det_run['work_dir']
+    work = str(tmp_path / 'preempted')
+    rc, out = signalled_run([PY, 'tools/train.py', cfg, '--work-dir', work] + options,
+                            rank_env(MMFAME_PAUSE_AT=stop), work, 1,
+                            lambda pids: os.kill(pids[0], sig))
+    assert rc == 75, out[-3000:]
+    assert f'{sig.name}: saving a checkpoint at the end of this iteration' in out
+    assert_preempted_at(work, stop, out)
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options,
+                   env=rank_env())
+    assert f'resumed epoch: {stop // 4 if text else 0}, iter: {stop}' in out
+    if text:
+        assert f'Resuming epoch 2 after its first {stop - 4} batches' in out
+    assert_same_checkpoint(osp.join(reference, final), osp.join(work, final))
+
+
+# id: (launcher, who gets the signal)
+TWO_RANK_PREEMPTIONS = {
+    'torchrun, rank 0 alone signalled': 'dist_train.sh',
+    'slurm, scancel --signal USR1 to the job': 'slurm_train.sh',
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', TWO_RANK_PREEMPTIONS)
+def test_two_ranks_agree_on_the_iteration_they_stop_at(case, ddp_run, demo_data, request,
+                                                       tmp_path):
+    """A signal to one rank (torchrun) or to the job's every task (Slurm's, across two nodes)
+    mid-interval: both ranks stop after the same iteration, one checkpoint is saved, and the
+    same launcher's --resume ends with the weights of the uninterrupted 2-rank run (ddp_run)."""
+    cfg = rank_config(tmp_path / 'paused.py', "custom_hooks = [dict(type='RankStateHook'), "
+                      "dict(type='PauseAtHook')]\n")
+    options = cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64)
+    work = str(tmp_path / 'preempted')
+    if TWO_RANK_PREEMPTIONS[case] == 'dist_train.sh':
+        def launch(*extra, **env):
+            return ['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work, *extra,
+                    *options], rank_env(PORT=free_port(), **env)
+
+        def send(pids):
+            os.kill(pids[0], signal.SIGTERM)
+    else:
+        cluster = request.getfixturevalue('slurm_cluster')
+        name = f'mmfame-preempt-{os.getpid()}'
+
+        def launch(*extra, **env):
+            return ['bash', 'tools/slurm_train.sh', cluster['partition'], name, cfg, work,
+                    *extra, *options], slurm_env(
+                        cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=1, CPUS_PER_TASK=1,
+                        MASTER_PORT=free_port(), OMP_NUM_THREADS=1,
+                        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''), **env)
+
+        def send(pids):
+            subprocess.run(['scancel', '--signal=USR1', '--name', name], check=True,
+                           env=launch()[1], timeout=60)
+    cmd, env = launch(MMFAME_PAUSE_AT=N - 1)
+    rc, out = signalled_run(cmd, env, work, 2, send)
+    assert rc != 0, out[-3000:]
+    assert_preempted_at(work, N - 1, out)
+    cmd, env = launch('--resume')
+    out = run_tool(cmd, env=env)
+    assert f'resumed epoch: 0, iter: {N - 1}' in out
+    assert {r['weights'] for r in rank_reports(work, 2)} == {
+        r['weights'] for r in rank_reports(ddp_run['work_dir'], 2)}
+    assert_same_checkpoint(osp.join(ddp_run['work_dir'], f'iter_{2 * N}.pth'),
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
