@@ -442,6 +442,44 @@ def test_two_ranks_agree_on_the_iteration_they_stop_at(case, ddp_run, demo_data,
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
+@pytest.mark.slow
+def test_a_requeued_slurm_job_resumes_by_itself(slurm_cluster, ddp_run, demo_data, tmp_path):
+    """REQUEUE=1 slurm_train.sh submits a batch job; Slurm's warning signal mid-interval makes
+    its ranks save and the job requeue itself, and its next start resumes with no command rerun,
+    ending with the weights of the uninterrupted 2-rank run (ddp_run)."""
+    cfg = rank_config(tmp_path / 'paused.py', "custom_hooks = [dict(type='RankStateHook'), "
+                      "dict(type='PauseAtHook')]\n")
+    work = str(tmp_path / 'requeued')
+    env = slurm_env(slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=1, CPUS_PER_TASK=1,
+                    MASTER_PORT=free_port(), OMP_NUM_THREADS=1, REQUEUE=1,
+                    MMFAME_PAUSE_AT=N - 1,
+                    PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    out = run_tool(['bash', 'tools/slurm_train.sh', slurm_cluster['partition'], 'mmfame-requeue',
+                    cfg, work] + cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N,
+                                             size=64), env=env)
+    job = out.strip().splitlines()[-1]
+    assert job.isdigit(), out
+
+    def queued():
+        proc = subprocess.run(['squeue', '--noheader', '--jobs', job, '--format', '%T'],
+                              env=env, capture_output=True, text=True, timeout=60)
+        return proc.returncode == 0 and proc.stdout.strip()
+
+    try:
+        wait_for(lambda: all(osp.exists(osp.join(work, f'paused_rank{r}')) for r in range(2))
+                 or not queued(), 600, 'the ranks to pause')
+        subprocess.run(['scancel', '--signal=USR1', job], env=env, check=True, timeout=60)
+        wait_for(lambda: not queued(), 900, 'the requeued job to finish')
+    finally:
+        subprocess.run(['scancel', job], env=env, timeout=60)
+    log = open(osp.join(work, f'slurm-{job}.out')).read()
+    assert 'exiting with 75' in log and f'resumed epoch: 0, iter: {N - 1}' in log, log[-3000:]
+    assert {r['weights'] for r in rank_reports(work, 2)} == {
+        r['weights'] for r in rank_reports(ddp_run['work_dir'], 2)}
+    assert_same_checkpoint(osp.join(ddp_run['work_dir'], f'iter_{2 * N}.pth'),
+                           osp.join(work, f'iter_{2 * N}.pth'))
+
+
 def assert_same_checkpoint(full_path, resumed_path):
     """Weights, FAME state, param groups and schedulers of two Runner checkpoints are equal."""
     full, resumed = _load(full_path), _load(resumed_path)
@@ -879,6 +917,9 @@ SRUN_ENV = dict(GPUS=4, GPUS_PER_NODE=2, CPUS_PER_TASK=1, SRUN_ARGS='--quotatype
                 PYTHON='mypython')
 SRUN_SET = ['-p', 'part', '--job-name=job', '--gres=gpu:2', '--ntasks=4', '--ntasks-per-node=2',
             '--cpus-per-task=1', '--kill-on-bad-exit=1', '--quotatype=auto']
+SBATCH_DEFAULTS = ['--parsable', '--requeue', '--open-mode=append', '-p', 'part',
+                   '--job-name=job', '--gres=gpu:8', '--ntasks=8', '--ntasks-per-node=8',
+                   '--cpus-per-task=5', '--signal=USR1@90', '--output=w/slurm-%j.out']
 LAUNCHER_CASES = {  # id: (script, args, env, program, argv it must run)
     'dist_train': ('dist_train.sh', ['cfg.py', '2', '--work-dir', 'w', '--amp'], {}, 'python',
                    TORCHRUN_DEFAULTS + [TRAIN_PY, 'cfg.py', '--launcher', 'pytorch',
@@ -891,11 +932,15 @@ LAUNCHER_CASES = {  # id: (script, args, env, program, argv it must run)
     'dist_test env': ('dist_test.sh', ['cfg.py', 'ckpt.pth', '2'], TORCHRUN_ENV, 'mypython',
                       TORCHRUN_SET + [TEST_PY, 'cfg.py', 'ckpt.pth', '--launcher', 'pytorch']),
     'slurm_train': ('slurm_train.sh', ['part', 'job', 'cfg.py', 'w', '--amp'], {}, 'srun',
-                    SRUN_DEFAULTS + ['python', '-u', TRAIN_PY, 'cfg.py', '--work-dir=w',
-                                     '--launcher=slurm', '--amp']),
-    'slurm_train env': ('slurm_train.sh', ['part', 'job', 'cfg.py', 'w'], SRUN_ENV, 'srun',
-                        SRUN_SET + ['mypython', '-u', TRAIN_PY, 'cfg.py', '--work-dir=w',
-                                    '--launcher=slurm']),
+                    SRUN_DEFAULTS + ['--signal=USR1@90', 'python', '-u', TRAIN_PY, 'cfg.py',
+                                     '--work-dir=w', '--launcher=slurm', '--amp']),
+    'slurm_train env': ('slurm_train.sh', ['part', 'job', 'cfg.py', 'w'],
+                        dict(SRUN_ENV, SIGNAL='USR2@300'), 'srun',
+                        SRUN_SET[:-1] + ['--signal=USR2@300', '--quotatype=auto', 'mypython',
+                                         '-u', TRAIN_PY, 'cfg.py', '--work-dir=w',
+                                         '--launcher=slurm']),
+    'slurm_train requeue': ('slurm_train.sh', ['part', 'job', 'cfg.py', 'w'], dict(REQUEUE=1),
+                            'sbatch', SBATCH_DEFAULTS),
     'slurm_test': ('slurm_test.sh', ['part', 'job', 'cfg.py', 'ckpt.pth', '--out', 'r.pkl'], {},
                    'srun', SRUN_DEFAULTS + ['python', '-u', TEST_PY, 'cfg.py', 'ckpt.pth',
                                             '--launcher=slurm', '--out', 'r.pkl']),
@@ -919,7 +964,7 @@ def test_launcher_scripts_run_upstream_command_lines(case, tmp_path):
     assert proc.returncode == 0, proc.stderr
     stubs = tmp_path / 'bin'
     stubs.mkdir()
-    for name in ('python', 'mypython', 'srun'):
+    for name in ('python', 'mypython', 'srun', 'sbatch'):
         (stubs / name).write_text(ARGV_STUB)
         (stubs / name).chmod(0o755)
     log = tmp_path / 'argv'
