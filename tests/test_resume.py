@@ -1,8 +1,10 @@
-"""mmfame.engine.resume: the checkpoint a bare --resume continues from, by work-dir layout.
+"""mmfame.engine.resume: the checkpoint a bare --resume continues from, by work-dir layout;
+mmfame.engine.fileio: checkpoints written whole or not at all.
 
 Checkpoints here are small torch.save files; a 'cut' one is its first half (a kill while it was
 written). The end-to-end runs (tools/train.py --resume into such work dirs) are in test_tools.py.
 """
+import os
 import os.path as osp
 
 import pytest
@@ -11,7 +13,10 @@ import torch
 pytest.importorskip('mmengine', reason='mmfame.engine needs mmengine')
 
 from mmfame.engine import resume  # noqa: E402
-from mmfame.engine.resume import resume_checkpoint, unreadable_reason  # noqa: E402
+from mmfame.engine.fileio import (ATOMIC_BACKEND, AtomicLocalBackend,  # noqa: E402
+                                  use_atomic_checkpoints)
+from mmfame.engine.resume import (resumable_checkpoint, resume_checkpoint,  # noqa: E402
+                                  unreadable_reason)
 
 # id: ({file: 'whole' | 'cut' | 'junk'}, last_checkpoint text ('{here}'/'{there}' stand for the
 # work dir and another folder), checkpoint chosen (None: mmengine's own choice), message words)
@@ -34,6 +39,10 @@ LAYOUTS = {
                            None, 'iter_10.pth', 'no last_checkpoint'),
     'epochs': ({'epoch_1.pth': 'whole', 'epoch_2.pth': 'cut'}, '{here}/epoch_2.pth',
                'epoch_1.pth', 'epoch_2.pth: it is cut short'),
+    # an epoch-based run stopped mid-epoch once (iter_6.pth), then went on: newest by time
+    'epochs and a stop mid-epoch': ({'iter_6.pth': 'whole', 'epoch_2.pth': 'whole',
+                                     'epoch_3.pth': 'cut'}, None, 'epoch_2.pth',
+                                    'epoch_3.pth: it is cut short'),
 }
 
 
@@ -54,8 +63,9 @@ def test_resume_takes_the_newest_whole_checkpoint(layout, tmp_path, monkeypatch)
     here, there = tmp_path / 'here', tmp_path / 'there'
     here.mkdir()
     there.mkdir()
-    for name, kind in files.items():
+    for age, (name, kind) in enumerate(reversed(files.items())):  # written in the given order
         _write(str(here / name), kind)
+        os.utime(here / name, (1e9 - age, 1e9 - age))
     if named is not None:
         (here / 'last_checkpoint').write_text(named.format(here=here, there=there))
     logged = []
@@ -67,6 +77,10 @@ def test_resume_takes_the_newest_whole_checkpoint(layout, tmp_path, monkeypatch)
         assert 'resume:' not in said, said
     else:
         assert words in said and f'{osp.abspath(here / chosen)}' in said, said
+    # what the experiment engine reports as the run's checkpoint: the same one, always a path
+    named_path = named and osp.abspath(named.format(here=here, there=there))
+    assert resumable_checkpoint(str(here)) == (osp.abspath(here / chosen) if chosen else
+                                               named_path)
 
 
 def test_no_whole_checkpoint_refuses_to_start_from_scratch(tmp_path):
@@ -87,3 +101,41 @@ def test_a_whole_checkpoint_is_readable_and_a_cut_one_says_why(tmp_path):
     assert torch.load(str(tmp_path / 'a.pth'), weights_only=True)['meta']['iter'] == 1
     assert 'cut short' in unreadable_reason(str(tmp_path / 'b.pth'))
     assert unreadable_reason(str(tmp_path / 'none.pth')) == 'it does not exist'
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_part(tmp_path):
+    path = tmp_path / 'iter_4.pth'
+    AtomicLocalBackend().put(b'old', path)
+    with pytest.raises(TypeError):
+        AtomicLocalBackend().put('not bytes', path)
+    assert path.read_bytes() == b'old' and os.listdir(tmp_path) == ['iter_4.pth']
+    from mmengine.fileio import get_file_backend
+    backend = get_file_backend(str(path), backend_args=dict(backend=ATOMIC_BACKEND))
+    backend.put(b'new', str(path))
+    assert path.read_bytes() == b'new' and os.listdir(tmp_path) == ['iter_4.pth']
+
+
+# id: (default_hooks.checkpoint of a config, whether tools/train.py makes it write atomically)
+CHECKPOINT_HOOKS = {
+    'mmengine default': (dict(type='CheckpointHook', interval=1), True),
+    'no type given': (dict(interval=1), True),
+    'own backend': (dict(type='CheckpointHook', backend_args=dict(backend='petrel')), False),
+    'file_client_args': (dict(type='CheckpointHook', file_client_args=dict(backend='disk')),
+                         False),
+    'remote out_dir': (dict(type='CheckpointHook', out_dir='s3://bucket/run'), False),
+    'another hook': (dict(type='MyCheckpointHook'), False),
+    'none': (None, False),
+}
+
+
+@pytest.mark.parametrize('case', CHECKPOINT_HOOKS)
+def test_checkpoints_are_written_atomically_where_mmengine_writes_local_files(case):
+    from mmengine.config import Config
+    hook, atomic = CHECKPOINT_HOOKS[case]
+    cfg = Config(dict(default_hooks=dict(checkpoint=hook)) if hook else {})
+    before = cfg.to_dict()
+    use_atomic_checkpoints(cfg)
+    if atomic:
+        assert cfg.default_hooks.checkpoint.backend_args == dict(backend=ATOMIC_BACKEND)
+    else:
+        assert cfg.to_dict() == before

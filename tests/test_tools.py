@@ -244,31 +244,29 @@ def test_resume_into_a_changed_model_fails_clearly(det_run, demo_data, tmp_path,
 
 
 KILL_DURING_SAVE = '''\
-"""Test helper: SIGKILL this process halfway through writing the checkpoint MMFAME_KILL_AT."""
+"""Test helper: SIGKILL this process once the checkpoint MMFAME_KILL_AT is written, before it
+takes its name (the last moment of a write a kill can interrupt)."""
 import os
 import signal
 
-from mmengine.fileio.backends import LocalBackend
-
-_put = LocalBackend.put
+_replace = os.replace
 
 
-def put(self, obj, filepath):
-    if str(filepath).endswith(os.environ['MMFAME_KILL_AT']):
-        with open(filepath, 'wb') as f:
-            f.write(obj[:len(obj) // 2])
+def replace(src, dst, *args, **kwargs):
+    if str(dst).endswith(os.environ['MMFAME_KILL_AT']):
         os.kill(os.getpid(), signal.SIGKILL)
-    return _put(self, obj, filepath)
+    return _replace(src, dst, *args, **kwargs)
 
 
-LocalBackend.put = put
+os.replace = replace
 '''
 
 
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data, tmp_path):
-    """With the demo config's max_keep_ckpts, a SIGKILL while iter_2N.pth is half written
-    leaves iter_N.pth, which --resume picks up, and the resumed run ends bit-identical to the
+    """A SIGKILL while iter_2N.pth is written (tools/train.py writes checkpoints under a
+    temporary name, then renames them) leaves no iter_2N.pth at all, only the demo config's
+    kept iter_N.pth, which --resume picks up; the resumed run ends bit-identical to the
     uninterrupted one (det_run)."""
     cfg = det_run['cfg']
     keep = Config.fromfile(cfg, import_custom_modules=False).default_hooks.checkpoint.max_keep_ckpts
@@ -290,6 +288,7 @@ def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data,
                           + options(2 * N), cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=TOOL_TIMEOUT)
     assert proc.returncode == -9, proc.stdout[-3000:]  # killed mid-write, as meant
+    assert not osp.exists(osp.join(work, f'iter_{2 * N}.pth'))  # never a file cut short
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(2 * N))
     assert f'resumed epoch: 0, iter: {N}' in out
     assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),

@@ -13,7 +13,8 @@ both. Differences from upstream:
   (``mmfame.engine.resume``);
 * SIGTERM or SIGUSR1 (a cluster's preemption, time limit or early warning) saves a checkpoint at
   the end of the current iteration on every rank and exits with 75, "resume me"
-  (``mmfame.engine.PreemptionHook``; ``--no-preemption-hook`` leaves the signals alone).
+  (``mmfame.engine.PreemptionHook``; ``--no-preemption-hook`` leaves the signals alone);
+* local checkpoints are written to a temporary name and renamed (``mmfame.engine.fileio``).
 """
 import argparse
 import os
@@ -31,7 +32,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 import mmfame  # noqa: E402,F401  (registers FAME)
 from mmfame.engine import (PreemptionHook, finalize_distributed,  # noqa: E402
-                           resume_checkpoint, setup_cpu_distributed)
+                           resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
 
 
 def parse_args():
@@ -162,6 +163,8 @@ def main():
             isinstance(h, dict) and h.get('type') in ('PreemptionHook', PreemptionHook)
             for h in hooks):
         cfg.custom_hooks = hooks + [dict(type='PreemptionHook')]
+    # checkpoints written under a temporary name, then renamed: whole or absent, never cut short
+    use_atomic_checkpoints(cfg)
 
     # No CUDA + a distributed launcher: gloo, no device_ids, no SyncBN. No-op with CUDA.
     setup_cpu_distributed(cfg)

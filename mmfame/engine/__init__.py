@@ -1,7 +1,7 @@
 """mmfame's OpenMMLab integration (needs mmengine): the optim wrapper constructor and its
 registration, CPU-only distributed launchers, loading mmengine Runner checkpoints under
-torch >= 2.6 (``weights_only=True`` by default), which checkpoint a bare ``--resume`` takes, and
-the hook that checkpoints on a cluster's stop signal.
+torch >= 2.6 (``weights_only=True`` by default), which checkpoint a bare ``--resume`` takes,
+the hook that checkpoints on a cluster's stop signal, and checkpoint files written atomically.
 
 Its modules change nothing when imported: ``import mmfame`` calls :func:`register_all` and
 :func:`register_checkpoint_safe_globals`, tools/train.py and tools/test.py the dist helpers.
@@ -10,6 +10,7 @@ from .checkpoint import (checkpoint_safe_globals, history_buffer_getattr,
                          register_checkpoint_safe_globals)
 from .dist import (CPU_DDP_TYPE, CPU_FSDP_TYPE, MMFameCPUDDP, MMFameCPUFSDP, cuda_available,
                    finalize_distributed, patch_init_dist_for_cpu, setup_cpu_distributed)
+from .fileio import ATOMIC_BACKEND, AtomicLocalBackend, use_atomic_checkpoints
 from .optimizers import FAMEOptimWrapperConstructor
 from .preemption import PREEMPTED_EXIT, PREEMPTION_RECORD, PreemptionHook
 from .registry import register_all
@@ -21,5 +22,5 @@ __all__ = [
     'CPU_DDP_TYPE', 'CPU_FSDP_TYPE', 'MMFameCPUDDP', 'MMFameCPUFSDP',
     'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed',
     'resume_checkpoint', 'unreadable_reason', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
-    'PreemptionHook'
+    'PreemptionHook', 'ATOMIC_BACKEND', 'AtomicLocalBackend', 'use_atomic_checkpoints'
 ]

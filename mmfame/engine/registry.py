@@ -7,10 +7,12 @@ mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` reso
 the hook that lets them checkpoint. Registration is idempotent (repeated
 imports, pytest collection) and never overrides another package's ``FAME``.
 """
+from mmengine.fileio.backends import backends, register_backend
 from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
 
 from mmfame.optim import FAME
 
+from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
 from .optimizers import FAMEOptimWrapperConstructor
 from .preemption import PreemptionHook
 from .sharding import (ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume,
@@ -35,6 +37,9 @@ def register_all() -> None:
     expose_in_torch_optim('FAME', FAME)
     register(HOOKS, 'ZeroCheckpointHook', ZeroCheckpointHook)
     register(HOOKS, 'PreemptionHook', PreemptionHook)
+    existing = backends.get(ATOMIC_BACKEND)
+    if existing is None or existing.__qualname__ == AtomicLocalBackend.__qualname__:
+        register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
     patch_runners_for_zero()  # rank-0 checkpoints of ZeRO hang without that hook
     patch_fsdp_resume()
     register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
