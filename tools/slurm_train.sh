@@ -46,9 +46,13 @@ if [ "${REQUEUE:-0}" = 1 ]; then
 trap 'echo "slurm_train.sh: SIGTERM, waiting for the ranks to save"' TERM
 RESUME=""
 [ "\${SLURM_RESTART_COUNT:-0}" -gt 0 ] && RESUME=--resume
+START=\$(date +%s)
 srun --kill-on-bad-exit=1 ${SRUN_ARGS}${TRAIN} \$RESUME
 rc=\$?
-if [ \$rc = 75 ]; then  # saved on the signal: back in the queue, to resume
+# the ranks saved on the signal (their record, not srun's status: srun may report the last rank
+# killed by --kill-on-bad-exit after the first exited 75): back in the queue, to resume
+RECORD=$(printf '%q' "${WORK_DIR}/preempted.json")
+if [ -f \$RECORD ] && [ \$(stat -c %Y \$RECORD) -ge \$START ]; then
     scontrol requeue \$SLURM_JOB_ID
 fi
 exit \$rc
