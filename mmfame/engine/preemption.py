@@ -31,6 +31,8 @@ from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
 
+from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
+
 __all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'PreemptionHook', 'skip_first_batches']
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, rerunning is meant to work
@@ -136,16 +138,15 @@ class PreemptionHook(Hook):
         path = osp.join(out_dir, filename)
         saved = runner.message_hub.get_info('last_ckpt')
         if saved is None or osp.abspath(saved) != osp.abspath(path):  # not saved this iteration
-            part = f'.{filename}.part'
             runner.save_checkpoint(
-                out_dir, part, meta=dict(epoch=runner.epoch, iter=step), by_epoch=False,
+                out_dir, filename, meta=dict(epoch=runner.epoch, iter=step), by_epoch=False,
                 save_optimizer=getattr(ckpt_hook, 'save_optimizer', True),
-                save_param_scheduler=getattr(ckpt_hook, 'save_param_scheduler', True))
+                save_param_scheduler=getattr(ckpt_hook, 'save_param_scheduler', True),
+                backend_args=dict(backend=ATOMIC_BACKEND))  # never half a file under its name
             if is_main_process():
-                os.replace(osp.join(out_dir, part), path)  # never half a checkpoint under its name
-                _write_atomically(osp.join(runner.work_dir, 'last_checkpoint'), path)
+                _write(osp.join(runner.work_dir, 'last_checkpoint'), path)
         if is_main_process():
-            _write_atomically(osp.join(runner.work_dir, PREEMPTION_RECORD), json.dumps(dict(
+            _write(osp.join(runner.work_dir, PREEMPTION_RECORD), json.dumps(dict(
                 signal=self.received or 'another rank', iter=step, epoch=runner.epoch,
                 checkpoint=path, host=socket.gethostname(), pid=os.getpid(), time=time.time())))
         barrier()  # no rank exits (and makes its launcher kill the others) before the save is done
@@ -164,10 +165,5 @@ class PreemptionHook(Hook):
         return bool(flag.item())
 
 
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write(path: str, text: str) -> None:
+    AtomicLocalBackend().put(text.encode(), path)
