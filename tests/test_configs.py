@@ -34,6 +34,8 @@ SHIPPED = [
     'configs/coco/mask-rcnn_swin-t-p4-w7_fpn_fame_8xb2-1x_coco.py',
     'configs/coco/retinanet_r50_fpn_fame_8xb2-1x_coco.py',
     'configs/coco/rtmdet_tiny_fame_8xb32-300e_coco.py',
+    'configs/coco/yolox_s_fame_8xb8-300e_coco.py',
+    'configs/coco/yolox_tiny_fame_8xb8-300e_coco.py',
     'configs/ade20k/deeplabv3plus_r50-d8_fame_4xb4-160k_ade20k-512x512.py',
     'configs/ade20k/mae-base_upernet_fame_8xb2-amp-160k_ade20k-512x512.py',
     'configs/ade20k/mask2former_r50_fame_8xb2-160k_ade20k-512x512.py',
@@ -122,10 +124,17 @@ def test_config(path):
     if base_clip:
         assert cfg.optim_wrapper.get('clip_grad') == base_clip
 
-    # Schedules must fit the new lr: a floor at or above the lr would freeze or raise it.
-    for sched in cfg.param_scheduler:
+    # Schedules must fit the new lr: a floor at or above the lr would freeze or raise it, and a
+    # floor (an absolute lr upstream) keeps its upstream ratio to the lr.
+    base_opt = base_cfg.optim_wrapper.optimizer
+    base_scheds = base_cfg.get('param_scheduler') or []
+    for i, sched in enumerate(cfg.param_scheduler):
         if 'eta_min' in sched:
             assert sched.eta_min < opt.lr, (sched, opt.lr)
+            theirs = base_scheds[i] if i < len(base_scheds) else {}
+            if theirs.get('type') == sched.type and theirs.get('eta_min') and base_opt.get('lr'):
+                assert sched.eta_min / opt.lr == pytest.approx(
+                    theirs['eta_min'] / base_opt.lr), (sched, opt.lr)
 
 
 def _strip_pretrained(node):

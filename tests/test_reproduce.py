@@ -37,7 +37,7 @@ QUICK = 8  # iterations per end-to-end run; checkpoints every QUICK // 4
 # ----------------------------------------------------------------------- choosing configs
 SELECT_CASES = {  # id: (specs, configs that must be chosen, count or None)
     'group': (['demo'], DEMO, 2),
-    'two_groups': (['coco', 'ade20k'], [COCO_RETINANET, ADE_SEGFORMER], 15),
+    'two_groups': (['coco', 'ade20k'], [COCO_RETINANET, ADE_SEGFORMER], 17),
     'stem': (['retinanet_r50_fpn_fame_8xb2-1x_coco'], [COCO_RETINANET], 1),
     'file_name': (['retinanet_r50_fpn_fame_8xb2-1x_coco.py'], [COCO_RETINANET], 1),
     'path': ([COCO_RETINANET], [COCO_RETINANET], 1),

@@ -171,6 +171,50 @@ def test_test_segmentation(seg_run, demo_data, tmp_path):
     assert len(list(out_dir.glob('*.png'))) == 2  # mmseg: --out is a directory of label maps
 
 
+YOLOX_TINY = osp.join(REPO, 'configs', 'coco', 'yolox_tiny_fame_8xb8-300e_coco.py')
+
+
+@pytest.mark.slow
+def test_train_yolox_tiny_with_its_recipe(demo_data, tmp_path):
+    """The YOLOX-tiny FAME config trains one epoch (4 iterations) on the demo data with its
+    whole recipe (Mosaic/MixUp at 640, quadratic warm-up, EMA, mode switch, SyncNorm hooks), then
+    validates: FAME's state is in the checkpoint, the lr is warming up toward FAME's lr."""
+    root = demo_data['coco']['data_root'].rstrip('/') + '/'
+    cfg = tmp_path / 'yolox_demo.py'
+    cfg.write_text(textwrap.dedent(f"""\
+        _base_ = {YOLOX_TINY!r}
+        metainfo = dict(classes=('rectangle', 'ellipse', 'triangle'))
+        model = dict(bbox_head=dict(num_classes=3), test_cfg=dict(score_thr=0.0))
+        train_dataloader = dict(
+            batch_size=2, num_workers=0, persistent_workers=False,
+            dataset=dict(dataset=dict(data_root={root!r}, metainfo=metainfo,
+                                      ann_file='annotations/instances_train2017.json',
+                                      data_prefix=dict(img='train2017/'))))
+        val_dataloader = dict(
+            batch_size=1, num_workers=0, persistent_workers=False,
+            dataset=dict(data_root={root!r}, metainfo=metainfo,
+                         ann_file='annotations/instances_val2017.json',
+                         data_prefix=dict(img='val2017/')))
+        test_dataloader = val_dataloader
+        val_evaluator = dict(ann_file={root + 'annotations/instances_val2017.json'!r})
+        test_evaluator = val_evaluator
+        train_cfg = dict(max_epochs=1, val_interval=1)
+        default_hooks = dict(logger=dict(interval=1))
+        randomness = dict(seed=0)
+        """))
+    work = str(tmp_path / 'work')
+    out = run_tool([PY, 'tools/train.py', str(cfg), '--work-dir', work])
+    log = _last_log(work)
+    assert 'Epoch(train) [1][4/4]' in log and "type='FAME'" in log and 'coco/bbox_mAP' in log
+    for hook in ('YOLOXModeSwitchHook', 'SyncNormHook', 'EMAHook', 'PreemptionHook'):
+        assert hook in out, hook
+    ckpt = _load(osp.join(work, 'epoch_1.pth'))
+    state = ckpt['optimizer']['state']
+    assert state and all(float(s['step']) == 4 for s in state.values())
+    lrs = {g['lr'] for g in ckpt['optimizer']['param_groups']}
+    assert max(lrs) < 1e-3  # still in the quadratic warm-up toward FAME's lr
+
+
 # ------------------------------------------------------------------------------ resume
 @pytest.mark.slow
 @pytest.mark.smoke

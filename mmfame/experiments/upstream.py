@@ -115,8 +115,10 @@ def cost_rows(config_paths: Sequence[str]) -> List[dict]:
         metadata = (model or {}).get('Metadata', {})
         total_iters = iters
         if epochs is not None:
-            images = TRAIN_IMAGES.get(
-                osp.basename(cfg.train_dataloader.dataset.get('ann_file') or ''))
+            dataset = cfg.train_dataloader.dataset
+            while 'ann_file' not in dataset and isinstance(dataset.get('dataset'), dict):
+                dataset = dataset.dataset  # a wrapper (MultiImageMixDataset, RepeatDataset)
+            images = TRAIN_IMAGES.get(osp.basename(dataset.get('ann_file') or ''))
             total_iters = None if images is None else epochs * math.ceil(images / (gpus * batch))
         memory, s_per_iter = _lookup(metadata, MEMORY_KEYS), _lookup(metadata, (TIME_KEY, ))
         gpu_hours = None
