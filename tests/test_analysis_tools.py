@@ -173,7 +173,7 @@ def test_private_optimizer_registered_under_private_name_only():
 
 
 # ------------------------------------------------------------------------ child configs
-SETTINGS = ['fame', 'fame-full', 'adamw', 'adam', 'sgd', 'ema', 'dema', 'tema', 'qema',
+SETTINGS = ['fame', 'fame-full', 'fame-authors', 'adamw', 'adam', 'sgd', 'ema', 'dema', 'tema', 'qema',
             'sgd:lr=0.02:weight_decay=0.0005']
 
 
@@ -202,6 +202,8 @@ def test_child_configs_replace_only_the_optimizer(seg_children):
         'tema': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
         'fame-full': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd,
                           sq_betas=(0.3, 0.7)),
+        'fame-authors': dict(type='FAME', lr=lr, betas=(0.9, 0.999), eps=1e-5, weight_decay=wd,
+                             beta3=0.3, beta4=0.7, decoupled_weight_decay=False),
         'adamw': dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
         'adam': dict(type='Adam', lr=lr, betas=(0.9, 0.999), weight_decay=wd),
         'ema': dict(type='FAME', lr=lr, betas=(0.9, 0.999), weight_decay=wd, beta3=0.0,

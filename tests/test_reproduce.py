@@ -23,6 +23,7 @@ import pytest
 pytest.importorskip('mmengine', reason='mmfame.experiments needs mmengine')
 
 from e2e import DET_CFG, PY, REPO, SEG_CFG, slurm_env, tool_env, wait_for  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmfame.experiments import configs, logs, runs  # noqa: E402
 
 HAS_OPENMMLAB = all(importlib.util.find_spec(m) for m in ('mmdet', 'mmseg', 'mmcv'))
@@ -484,10 +485,10 @@ def reproduce(*args, env=None, check=True, timeout=1200):
     return proc
 
 
-def matrix_args(demo_data, work_dir):
-    """The tiny 2 x 2 x 1 matrix on the test's demo data: workers off, batch 2, detections kept
-    down to score 0 (random-init scores sit near the prior)."""
-    return ['launch', *DEMO, '--settings', 'fame', 'adamw', '--seeds', '0', '--quick', str(QUICK),
+def matrix_args(demo_data, work_dir, settings=('fame', 'adamw')):
+    """The tiny 2 configs x settings x 1 seed matrix on the test's demo data: workers off, batch
+    2, detections kept down to score 0 (random-init scores sit near the prior)."""
+    return ['launch', *DEMO, '--settings', *settings, '--seeds', '0', '--quick', str(QUICK),
             '--work-dir', work_dir, '--data-root', f'coco={demo_data["coco"]["data_root"]}',
             f'ade20k={demo_data["ade"]["data_root"]}', '--cfg-options',
             'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
@@ -522,20 +523,25 @@ def check_gathered(work_dir, docs_root):
 @pytest.mark.slow
 @needs_openmmlab
 def test_local_matrix_runs_once_and_gathers(demo_data, tmp_path):
+    """FAME as shipped, as its authors' code runs it, and AdamW side by side, locally."""
     work = str(tmp_path / 'local')
-    out = reproduce(*matrix_args(demo_data, work)).stdout
-    assert out.count(': starting') == 4 and '4 finished of 4 runs' in out
+    settings = ('fame', 'fame-authors', 'adamw')
+    out = reproduce(*matrix_args(demo_data, work, settings)).stdout
+    assert out.count(': starting') == 6 and '6 finished of 6 runs' in out
     done = {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
             for r in runs.Matrix.load(work).runs}
-    again = reproduce(*matrix_args(demo_data, work)).stdout  # idempotent: nothing retrained
-    assert again.count('finished, left alone') == 4 and ': starting' not in again
+    authors = Config.fromfile(runs.child_path(work, runs.Run(DEMO[0], 'fame-authors', 0)),
+                              import_custom_modules=False).optim_wrapper.optimizer
+    assert (authors.eps, authors.decoupled_weight_decay) == (1e-5, False), authors
+    again = reproduce(*matrix_args(demo_data, work, settings)).stdout  # nothing retrained
+    assert again.count('finished, left alone') == 6 and ': starting' not in again
     assert done == {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
                     for r in runs.Matrix.load(work).runs}
     docs = tmp_path / 'docs'
     (docs / 'configs').mkdir(parents=True)
     check_gathered(work, str(docs))
     status = reproduce('status', '--work-dir', work).stdout
-    assert status.count('finished') >= 4
+    assert status.count('finished') >= 6
     # the bill from the runs' own iteration times (upstream publishes none)
     cost = reproduce('cost', 'demo', '--measured', work).stdout
     for config in DEMO:

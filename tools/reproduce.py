@@ -21,7 +21,7 @@ checkpoint is reported with its log, not retried. Configs are groups (``coco``,
 ``ade20k``, ``demo``), config names or paths, or globs (``'*retinanet*'``). Settings:
 ``fame`` (the shipped config as it is), ``baseline`` (its ``mmdet::``/``mmseg::`` base unchanged),
 ``adamw`` (AdamW with the FAME config's lr, betas, eps, weight decay and schedule), ``fame-full``
-(``sq_betas=(0.3, 0.7)``) and the ablation settings of
+(``sq_betas=(0.3, 0.7)``), ``fame-authors`` (eps 1e-5, coupled L2 decay) and the ablation settings of
 ``mmfame.experiments.configs``. Epoch-based configs keep their schedule; ``--quick N`` makes every
 run N iterations long (a smoke run, checkpoints every N/4).
 """

@@ -8,6 +8,9 @@ overrides them (``NAME:key=value``, values are Python literals):
 =============  ==============================================================================
 ``fame``       FAME, its defaults (beta3=0.3, beta4=0.7), decoupled weight decay
 ``fame-full``  FAME with the TEMA cascade on the second moment too, ``sq_betas=(0.3, 0.7)``
+``fame-authors``  FAME as its authors' code (2024) runs it: eps 1e-5 and the weight decay as
+               coupled L2 (added to the gradient), beta3=0.3, beta4=0.7; lr and the decay's
+               value are the config's (theirs varied by task: ``fame-authors:weight_decay=...``)
 ``adamw``      torch AdamW
 ``adam``       torch Adam; the config's weight decay is applied as L2 (added to the gradient)
 ``sgd``        torch SGD, momentum 0.9, its own lr and L2 weight decay
@@ -39,6 +42,7 @@ GROUPS = {  # name -> glob of shipped configs (the demo group: the FAME configs,
 DOC_SETTINGS = {
     'fame': 'FAME (beta3=0.3, beta4=0.7), decoupled wd',
     'fame-full': 'FAME + TEMA on v, sq_betas=(0.3, 0.7)',
+    'fame-authors': "FAME as the authors' code runs it: eps 1e-5, L2 wd",
     'adamw': 'torch AdamW',
     'adam': 'torch Adam, wd as L2',
     'sgd': 'torch SGD, momentum 0.9, L2 wd',
@@ -138,6 +142,8 @@ def optimizer_cfg(spec: str, base_optimizer: dict, lr: Optional[float] = None,
         'fame': dict(type='FAME', **common),
         'tema': dict(type='FAME', **common),
         'fame-full': dict(type='FAME', **common, sq_betas=(0.3, 0.7)),
+        'fame-authors': dict(type='FAME', **dict(common, eps=1e-5), beta3=0.3, beta4=0.7,
+                             decoupled_weight_decay=False),
         'ema': dict(type='FAME', **common, beta3=0.0, beta4=0.0),
         'adamw': dict(type='AdamW', **common),
         'adam': dict(type='Adam', **common),
