@@ -280,3 +280,43 @@ def test_build(path, registries, no_network):
             paramwise.get(k) is not None for k in ('norm_decay_mult', 'bias_decay_mult'))
                                      or 'decay_rate' in paramwise):
         assert {wd for _, wd in got.values()} >= {0.0, expected['weight_decay']}
+
+
+# ---------------------------------------------------------------- mmyolo's YOLOv5 (docs/mmyolo.md)
+MMYOLO = sorted(os.path.relpath(p, ROOT)
+                for p in glob.glob(os.path.join(ROOT, 'configs', 'mmyolo', '*.py')))
+
+
+def _mmyolo_or_skip():
+    """mmyolo, or a skip that says why: 0.6.0 asserts mmcv < 2.1.0 when it is imported."""
+    try:
+        import mmyolo.utils
+    except (ImportError, AssertionError) as e:
+        pytest.skip(f'mmyolo cannot be imported here ({type(e).__name__}: {e})')
+    mmyolo.utils.register_all_modules(init_default_scope=False)
+
+
+def test_mmyolo_recipes_are_shipped():
+    assert [os.path.basename(p) for p in MMYOLO] == [
+        'yolov5_n-v61_fame_syncbn_fast_8xb16-300e_coco.py',
+        'yolov5_s-v61_fame_syncbn_fast_8xb16-300e_coco.py']
+
+
+@pytest.mark.parametrize('path', MMYOLO, ids=os.path.basename)
+def test_mmyolo_recipe(path, no_network):
+    """With mmyolo importable: YOLOv5OptimizerConstructor gives FAME its three groups (decay on
+    conv weights only), no group has a momentum for YOLOv5ParamSchedulerHook to write, and the
+    bias warm-up starts at 0, not at SGD's 0.1."""
+    _mmyolo_or_skip()
+    from mmyolo.registry import MODELS
+    cfg = Config.fromfile(os.path.join(ROOT, path))
+    init_default_scope('mmyolo')
+    model_cfg = copy.deepcopy(cfg.model)
+    _strip_pretrained(model_cfg)
+    model = MODELS.build(model_cfg)
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    assert isinstance(optimizer, mmfame.FAME) and len(optimizer.param_groups) == 3
+    decays = [g['weight_decay'] for g in optimizer.param_groups]
+    assert decays[0] > 0 and decays[1:] == [0.0, 0.0]
+    assert not any('momentum' in g or 'nesterov' in g for g in optimizer.param_groups)
+    assert cfg.default_hooks.param_scheduler.warmup_bias_lr == 0.0
