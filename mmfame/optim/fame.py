@@ -567,14 +567,17 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
         [params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
          exp_avg_sq_3s, max_exp_avg_sqs, state_steps])
     full = sq_betas is not None
-    for (device, _), (tensors, _) in grouped.items():
+    for (tensors, _) in grouped.values():
         p_, g_, m1_, m2_, m3_, v_, v2_, v3_, vmax_, steps = (list(t) for t in tensors)
+        # While dynamo traces, torch groups every tensor under one (None, None) key on purpose:
+        # the device comes from the tensors, and fp16/bf16 params are found one by one.
+        device = p_[0].device
         increment_steps(steps)
         # Per-tensor scalars (steps may differ: params skipped while frozen keep their count).
         step_size, eps_hat = _bias_corrected_scalars(steps, lr, beta1, beta2, eps)
-        low_precision = p_[0].dtype != m1_[0].dtype
-        p32 = [p.to(m1_[0].dtype) for p in p_] if low_precision else p_
-        g32 = [g.to(m1_[0].dtype) for g in g_] if g_[0].dtype != m1_[0].dtype else g_
+        low = [i for i, (p, m) in enumerate(zip(p_, m1_)) if p.dtype != m.dtype]
+        p32 = [p.to(m.dtype) if p.dtype != m.dtype else p for p, m in zip(p_, m1_)]
+        g32 = [g.to(m.dtype) if g.dtype != m.dtype else g for g, m in zip(g_, m1_)]
         if has_complex:
             state_lists = [m1_, m2_, m3_, v_] + [vmax_] * amsgrad + [v2_, v3_] * full
             p32 = list(p32)
@@ -590,8 +593,8 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
                            beta4=beta4, lr=lr, weight_decay=weight_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                            sq_betas=sq_betas)
-        if low_precision:
-            torch._foreach_copy_(p_, p32)
+        if low:
+            torch._foreach_copy_([p_[i] for i in low], [p32[i] for i in low])
 
 
 def _bias_corrected_scalars(steps, lr, beta1, beta2, eps):
