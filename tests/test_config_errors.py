@@ -89,7 +89,8 @@ def test_bad_argument_fails_in_plain_pytorch(case):
 
 @pytest.mark.parametrize('lr', [torch.tensor([1e-3, 1e-3]), torch.tensor(1)])
 def test_tensor_lr_must_be_one_floating_point_element(lr):
-    with pytest.raises(ValueError, match='1-element floating-point tensor'):
+    # torch's own optimizer tests match "Tensor lr must be 1-element"
+    with pytest.raises(ValueError, match='Tensor lr must be 1-element, a floating-point tensor'):
         FAME([nn.Parameter(torch.zeros(2))], lr=lr)
 
 

@@ -573,3 +573,18 @@ def test_a_compiled_step_matches_the_eager_step(case):
             a.dtype == torch.float32) + one_ulp * (a.dtype != torch.float32)).all(), case
     for p, q in zip(eager, compiled):
         assert float(eager_opt.state[p]['step']) == float(compiled_opt.state[q]['step']) == 3
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason='Triton >= 3.0 is not installed')
+def test_fused_on_the_meta_device_constructs_and_fails_at_step():
+    """torch's deferred-initialisation contract: fused=True on meta parameters constructs; the
+    step, which would need real tensors, fails in torch's words and makes no state."""
+    with torch.device('meta'):
+        model = nn.Linear(4, 2)
+    opt = FAME(model.parameters(), fused=True)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(RuntimeError, match='`fused=True` requires all the params to be floating '
+                       'point Tensors of supported devices'):
+        opt.step()
+    assert not opt.state

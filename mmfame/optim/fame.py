@@ -78,7 +78,8 @@ def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
         lr = values['lr']
         if isinstance(lr, Tensor):
             if lr.numel() != 1 or not lr.is_floating_point():
-                raise ValueError(f'{where}.lr: a Tensor lr must be a 1-element floating-point '
+                # torch's words first (its tests match them), then what FAME also needs
+                raise ValueError(f'{where}.lr: Tensor lr must be 1-element, a floating-point '
                                  f'tensor, got shape {tuple(lr.shape)} and dtype {lr.dtype}')
             lr = lr.item()
         if not _is_real(lr):
@@ -176,8 +177,11 @@ class FAME(Optimizer):
         elif group['fused'] and group['foreach']:
             error = RuntimeError('`fused` and `foreach` cannot be `True` together.')
         elif group['fused']:
+            # Parameters on the meta device (deferred initialisation: built there, then
+            # materialised with to_empty()) are checked when they are stepped, as torch does.
             from . import _triton_fame
-            reason = _triton_fame.unsupported_device(group['params'])
+            reason = _triton_fame.unsupported_device(
+                [p for p in group['params'] if p.device.type != 'meta'])
             error = reason and RuntimeError(reason)
         if error:
             self.param_groups.pop()
