@@ -44,6 +44,11 @@ CASES = {
                     r"'False'.*amsgrad=False"),
     'maximize int': (dict(maximize=1), ValueError, r'maximize must be True or False, got 1'),
     'foreach str': (dict(foreach='yes'), ValueError, r'foreach must be None, True or False'),
+    'lr inf': (dict(lr=float('inf')), ValueError, r'lr must be a finite number >= 0, got inf'),
+    'weight_decay inf': (dict(weight_decay=float('inf')), ValueError,
+                         r'weight_decay must be a finite number >= 0, got inf'),
+    'eps too large for a float': (dict(eps=10**400), ValueError,
+                                  r'eps must be a finite number >= 0, got 1000'),
 }
 CONSTRUCTORS = {
     'default': dict(),
@@ -146,3 +151,62 @@ def test_good_config_builds_under_every_constructor():
         wrapper = build_optim_wrapper(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), cfg)
         assert isinstance(wrapper.optimizer, FAME), constructor
         assert wrapper.optimizer.defaults['betas'] == (0.9, 0.99)
+
+
+# paramwise_cfg under FAMEOptimWrapperConstructor: (paramwise_cfg, exception, regex naming the key
+# and the fix). mmengine's default constructor ignores unknown keys and multiplies what it is given.
+PARAMWISE_CASES = {
+    'not a dict': (['norm_decay_mult'], TypeError, r'paramwise_cfg must be a dict or None'),
+    'custom_keys not a dict': (dict(custom_keys=[('head', {})]), TypeError,
+                               r'paramwise_cfg.custom_keys must be a dict of name: settings'),
+    'custom_keys entry None': (dict(custom_keys={'head': None}), TypeError,
+                               r"custom_keys\['head'\] must be a dict of settings, got None"),
+    'custom_keys entry number': (dict(custom_keys={'head': 0.1}), TypeError,
+                                 r"custom_keys\['head'\] must be a dict of settings"),
+    'lr_mult str': (dict(custom_keys={'head': dict(lr_mult='0.1')}), ValueError,
+                    r"custom_keys\['head'\].lr_mult must be a finite number >= 0, got '0.1'"
+                    r'.*unquoted'),
+    'lr_mult list': (dict(custom_keys={'head': dict(lr_mult=[0.1])}), ValueError,
+                     r"\.lr_mult must be a finite number >= 0, got \[0.1\]"),
+    'decay_mult nan': (dict(custom_keys={'head': dict(decay_mult=float('nan'))}), ValueError,
+                       r"\.decay_mult must be a finite number >= 0, got nan"),
+    'lr_mult negative': (dict(custom_keys={'head': dict(lr_mult=-1)}), ValueError,
+                         r'\.lr_mult must be a finite number >= 0, got -1'),
+    'lr_mult inf': (dict(custom_keys={'head': dict(lr_mult=float('inf'))}), ValueError,
+                    r'\.lr_mult must be a finite number >= 0, got inf'),
+    'norm_decay_mult str': (dict(norm_decay_mult='0'), ValueError,
+                            r"paramwise_cfg.norm_decay_mult must be a finite number >= 0, got '0'"),
+    'norm_decay_mul typo': (dict(norm_decay_mul=0.), ValueError,
+                            r"unknown keys \['norm_decay_mul'\].*did you mean 'norm_decay_mult'"),
+    'bypass_duplicates typo': (dict(bypass_duplicates=True), ValueError,
+                               r"did you mean 'bypass_duplicate'"),
+    'num_layer typo': (dict(num_layer=12), ValueError, r"did you mean 'num_layers'"),
+    'merge_groups str': (dict(merge_groups='False'), ValueError,
+                         r"paramwise_cfg.merge_groups must be True or False, got 'False'"),
+    'decay_rate nan': (dict(decay_rate=float('nan'), num_layers=2), ValueError,
+                       r'paramwise_cfg.decay_rate must be a finite number > 0'),
+    'num_layers bool': (dict(decay_rate=0.9, num_layers=True), ValueError,
+                        r'paramwise_cfg.num_layers must be a positive int'),
+}
+
+
+@pytest.mark.parametrize('case', PARAMWISE_CASES)
+def test_bad_paramwise_cfg_names_the_key_and_fix(case):
+    paramwise_cfg, error, match = PARAMWISE_CASES[case]
+    net = nn.Sequential()
+    net.add_module('head', nn.Linear(2, 2))
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='FAME', lr=1e-3, weight_decay=0.05),
+               constructor='FAMEOptimWrapperConstructor', paramwise_cfg=paramwise_cfg)
+    with pytest.raises(error, match=match):
+        build_optim_wrapper(net, cfg)
+
+
+@pytest.mark.parametrize('name, near', [('FAMe', "'FAME'"), ('fame', "'FAME'"),
+                                        ('AdamWW', "'AdamW'")])
+def test_an_unknown_optimizer_type_suggests_the_nearest(name, near):
+    """mmengine's own message is 'None is not a callable object'."""
+    cfg = dict(type='OptimWrapper', optimizer=dict(type=name, lr=1e-3),
+               constructor='FAMEOptimWrapperConstructor')
+    with pytest.raises(ValueError, match=f"type {name!r} is not a registered optimizer: did "
+                                         f"you mean {near}"):
+        build_optim_wrapper(nn.Linear(2, 2), cfg)

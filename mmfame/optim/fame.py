@@ -51,6 +51,14 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def is_finite_real(value) -> bool:
+    """A real number (not a bool) a float can hold: not inf, NaN or an int like 10**400."""
+    try:
+        return _is_real(value) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _refuse(where: str, key: str, value, must: str, hint: str = '') -> None:
     if isinstance(value, str):
         hint = f'; write the value unquoted (e.g. {key}={value.strip()})'
@@ -86,9 +94,13 @@ def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
             _refuse(where, 'lr', lr, 'a number >= 0 or a 1-element tensor')
         if not lr >= 0:
             raise ValueError(f'{where}.lr: invalid learning rate {lr} (must be >= 0)')
+        if not is_finite_real(lr):
+            _refuse(where, 'lr', lr, 'a finite number >= 0')
     for key in ('eps', 'weight_decay'):
         if key in values and not (_is_real(values[key]) and values[key] >= 0):
             _refuse(where, key, values[key], 'a number >= 0')
+        if key in values and not is_finite_real(values[key]):
+            _refuse(where, key, values[key], 'a finite number >= 0')
     if 'betas' in values:
         _check_unit_pair(where, 'betas', values['betas'], 'beta1, beta2')
     for key in ('beta3', 'beta4'):

@@ -16,6 +16,7 @@ On top of every ``paramwise_cfg`` key of :class:`DefaultOptimWrapperConstructor`
   gradients by their norm over all ranks;
 * logs the resulting groups compactly.
 """
+import difflib
 from typing import List
 
 import torch.nn as nn
@@ -23,7 +24,7 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIMIZERS
 
-from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters
+from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters, is_finite_real
 
 from ..sharding import check_fsdp_model, check_zero_cfg, fsdp_clip_func, zero_inner_type
 
@@ -33,6 +34,10 @@ _DECAY_MULTS = ('bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult', 'flat
 _DECAY_TYPES = ('layer_wise', 'stage_wise')
 # custom_keys entries: mmengine's multipliers, and FAME's own arguments per group.
 _CUSTOM_KEYS = ('lr_mult', 'decay_mult')
+# paramwise_cfg: mmengine's DefaultOptimWrapperConstructor keys, then this constructor's own.
+_MULTS = ('bias_lr_mult', *_DECAY_MULTS, 'dcn_offset_lr_mult')
+_PARAMWISE_KEYS = ('custom_keys', *_MULTS, 'bypass_duplicate',
+                   'merge_groups', 'decay_rate', 'decay_type', 'num_layers')
 _TOKENS = ('backbone.cls_token', 'backbone.mask_token', 'backbone.pos_embed')
 _DELETE_ZERO_BASE = ("in an OpenMMLab config they come from an SGD base optimizer: write "
                      "optim_wrapper=dict(optimizer=dict(_delete_=True, "
@@ -57,6 +62,8 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """
 
     def _validate_cfg(self) -> None:
+        _check_paramwise_cfg(self.paramwise_cfg)
+        _check_optimizer_type(self.optimizer_cfg.get('type'))
         check_zero_cfg(self.optimizer_cfg)
         if _is_fame(zero_inner_type(self.optimizer_cfg) or self.optimizer_cfg.get('type')):
             self._check_fame_cfg()
@@ -165,6 +172,71 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             optim_wrapper.clip_func = clip
         _log_groups(optim_wrapper.optimizer)
         return optim_wrapper
+
+
+def _check_paramwise_cfg(cfg) -> None:
+    """Every paramwise_cfg key known and of the right type, every multiplier a finite number
+    >= 0, before any group is built (mmengine ignores unknown keys and multiplies whatever it
+    is given)."""
+    if not isinstance(cfg, dict):
+        raise TypeError(f'paramwise_cfg must be a dict or None, got {cfg!r} '
+                        f'({type(cfg).__name__}): e.g. paramwise_cfg=dict(norm_decay_mult=0.)')
+    unknown = [k for k in cfg if k not in _PARAMWISE_KEYS]
+    if unknown:
+        near = {k: difflib.get_close_matches(str(k), _PARAMWISE_KEYS, n=1) for k in unknown}
+        hints = '; '.join(f'{k!r}: did you mean {v[0]!r}?' for k, v in near.items() if v)
+        raise ValueError(f'paramwise_cfg got unknown keys {unknown}' + (f' ({hints})' if hints
+                                                                       else '')
+                         + f'; valid keys: {list(_PARAMWISE_KEYS)}')
+    for key in _MULTS:
+        if key in cfg:
+            _check_mult(f'paramwise_cfg.{key}', cfg[key])
+    for key in ('bypass_duplicate', 'merge_groups'):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ValueError(f'paramwise_cfg.{key} must be True or False, got {cfg[key]!r} '
+                             f'({type(cfg[key]).__name__})'
+                             + ('; write it unquoted' if isinstance(cfg[key], str) else ''))
+    if 'decay_rate' in cfg and not (is_finite_real(cfg['decay_rate']) and cfg['decay_rate'] > 0):
+        raise ValueError(f'paramwise_cfg.decay_rate must be a finite number > 0, got '
+                         f'{cfg["decay_rate"]!r}')
+    if 'num_layers' in cfg and not (isinstance(cfg['num_layers'], int) and
+                                    not isinstance(cfg['num_layers'], bool) and
+                                    cfg['num_layers'] > 0):
+        raise ValueError(f'paramwise_cfg.num_layers must be a positive int (the backbone\'s '
+                         f'layers or stages), got {cfg["num_layers"]!r}')
+    custom = cfg.get('custom_keys', {})
+    if not isinstance(custom, dict):
+        raise TypeError(f'paramwise_cfg.custom_keys must be a dict of name: settings, got '
+                        f"{custom!r}: e.g. custom_keys={{'backbone': dict(lr_mult=0.1)}}")
+    for name, value in custom.items():
+        where = f'paramwise_cfg.custom_keys[{name!r}]'
+        if not isinstance(name, str):
+            raise TypeError(f'{where}: a key must be a parameter-name substring (str)')
+        if not isinstance(value, dict):
+            raise TypeError(f'{where} must be a dict of settings, got {value!r}: e.g. '
+                            f'custom_keys={{{name!r}: dict(lr_mult=0.1, decay_mult=0.)}}')
+        for key in _CUSTOM_KEYS:
+            if key in value:
+                _check_mult(f'{where}.{key}', value[key])
+
+
+def _check_optimizer_type(name) -> None:
+    """A type name that no registry in scope knows, with the nearest names (mmengine's own
+    message is 'None is not a callable object')."""
+    if not isinstance(name, str) or OPTIMIZERS.get(name) is not None:
+        return
+    lower = {k.lower(): k for k in sorted(set(OPTIMIZERS.module_dict) | {'FAME'})}
+    near = [lower[k] for k in difflib.get_close_matches(name.lower(), lower, n=3)]
+    raise ValueError(f'optim_wrapper.optimizer.type {name!r} is not a registered optimizer'
+                     + (f': did you mean {", ".join(map(repr, near))}?' if near else '')
+                     + " (custom_imports=dict(imports=['mmfame']) registers 'FAME')")
+
+
+def _check_mult(where: str, value) -> None:
+    if not (is_finite_real(value) and value >= 0):
+        raise ValueError(f'{where} must be a finite number >= 0, got {value!r} '
+                         f'({type(value).__name__})'
+                         + ('; write it unquoted' if isinstance(value, str) else ''))
 
 
 def _is_fame(optimizer_type) -> bool:
