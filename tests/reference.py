@@ -43,7 +43,8 @@ class ReferenceFAME:
                 b, c = h['sq_betas']
                 self.v2[i] = b * self.v2[i] + (1 - b) * v
                 self.v3[i] = c * self.v3[i] + (1 - c) * self.v2[i]
-                v = (3 * v - 3 * self.v2[i] + self.v3[i]).clamp_min(0)
+                # an overflowed v (inf) stays inf: inf - inf would make it NaN
+                v = torch.where(v.isinf(), v, (3 * v - 3 * self.v2[i] + self.v3[i]).clamp_min(0))
             if h['amsgrad']:
                 self.vmax[i] = torch.maximum(self.vmax[i], v)
                 v = self.vmax[i]

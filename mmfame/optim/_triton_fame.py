@@ -88,6 +88,7 @@ if triton is not None:
             tl.store(v2_ptr + offs, v2, mask=mask)
             tl.store(v3_ptr + offs, v3, mask=mask)
             vhat = tl.maximum(3.0 * v - 3.0 * v2 + v3, 0.0, propagate_nan=tl.PropagateNan.ALL)
+            vhat = tl.where(v == float('inf'), v, vhat)  # overflowed v stays inf, not NaN
         if AMSGRAD:
             vmax = tl.maximum(tl.load(vmax_ptr + offs, mask=mask), vhat,
                               propagate_nan=tl.PropagateNan.ALL)

@@ -559,10 +559,10 @@ def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg
         m2.lerp_(m1, 1 - beta3)
         m3.lerp_(m2, 1 - beta4)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        if sq_betas is not None:  # full FAME: TEMA of v, clamped (its weights go negative)
-            v2.lerp_(v, 1 - sq_betas[0])
+        if sq_betas is not None:  # full FAME: TEMA of v, clamped (its weights go negative);
+            v2.lerp_(v, 1 - sq_betas[0])  # an overflowed v (inf) stays inf, not inf - inf = NaN
             v3.lerp_(v2, 1 - sq_betas[1])
-            v = v.mul(3).sub_(v2, alpha=3).add_(v3).clamp_min_(0)
+            v = torch.where(v.isinf(), v, v.mul(3).sub_(v2, alpha=3).add_(v3).clamp_min_(0))
         if amsgrad:
             torch.maximum(vmax, v, out=vmax)
             v = vmax
@@ -687,13 +687,15 @@ def _foreach_chain(params, grads, m1, m2, m3, v, v2, v3, vmax, step_size, eps_ha
     torch._foreach_lerp_(m3, m2, 1 - beta4)
     tema = torch._foreach_sub(m1, m2)
     tema = torch._foreach_add(m3, tema, alpha=3)
-    if sq_betas is not None:  # full FAME: TEMA of v, clamped (its weights go negative)
-        torch._foreach_lerp_(v2, v, 1 - sq_betas[0])
+    if sq_betas is not None:  # full FAME: TEMA of v, clamped (its weights go negative);
+        torch._foreach_lerp_(v2, v, 1 - sq_betas[0])  # an overflowed v (inf) stays inf
         torch._foreach_lerp_(v3, v2, 1 - sq_betas[1])
-        v = torch._foreach_sub(v, v2)
-        torch._foreach_mul_(v, 3)
-        torch._foreach_add_(v, v3)
-        torch._foreach_clamp_min_(v, 0)
+        tema_v = torch._foreach_sub(v, v2)
+        torch._foreach_mul_(tema_v, 3)
+        torch._foreach_add_(tema_v, v3)
+        torch._foreach_clamp_min_(tema_v, 0)
+        v = [torch.where(a.isinf(), a, b) for a, b in zip(v, tema_v)]
+        del tema_v
     if amsgrad:
         torch._foreach_maximum_(vmax, v)
         v = vmax

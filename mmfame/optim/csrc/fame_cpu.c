@@ -39,6 +39,8 @@ static inline __attribute__((always_inline)) void fame_range(float *restrict p, 
             /* clamp_min(0) as torch does it: NaN stays NaN (fmaxf would make it 0, and GCC
              * does not vectorise fmaxf) */
             vhat = tema_v < 0.0f ? 0.0f : tema_v;
+            if (s == INFINITY)  /* an overflowed v stays inf: inf - inf would make it NaN */
+                vhat = s;
         }
         if (amsgrad) {  /* torch.maximum: NaN in either operand gives NaN */
             vhat = (vmax[i] > vhat || vmax[i] != vmax[i]) ? vmax[i] : vhat;
