@@ -67,3 +67,27 @@ def ddp_run(demo_data, tmp_path_factory):
     work = str(tmp / 'work')
     e2e.dist_train(cfg, demo_data, work)
     return dict(cfg=cfg, work_dir=work)
+
+
+@pytest.fixture(scope='module')
+def one_rank_group(tmp_path_factory):
+    """A 1-rank gloo process group (ZeRO and FSDP need one to be built)."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        yield
+        return
+    store = str(tmp_path_factory.mktemp('pg') / 'store')
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests parametrized on device='cuda' are CUDA tests too: `pytest tests -m cuda` runs every
+    CUDA test (tools/cuda_check.sh)."""
+    for item in items:
+        params = getattr(getattr(item, 'callspec', None), 'params', {})
+        if any(isinstance(v, str) and v == 'cuda' for v in params.values()):
+            item.add_marker(pytest.mark.cuda)

@@ -83,6 +83,7 @@ def test_old_state_dicts_without_later_flags_load_with_defaults():
     assert float(fresh.state[params[0]]['step']) == 3
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason='no CUDA')
 @pytest.mark.parametrize('impl', IMPLS)
 def test_cpu_state_dict_loads_into_a_cuda_optimizer(impl):
@@ -143,6 +144,7 @@ def grad_scaler(device, **kwargs):
     return torch.cuda.amp.GradScaler(**kwargs)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize('impl', IMPLS)
 def test_grad_scaler_equals_manual_unscale_and_step(impl):
     """GradScaler end to end; the fused path consumes grad_scale/found_inf itself."""
@@ -173,6 +175,7 @@ def test_grad_scaler_equals_manual_unscale_and_step(impl):
         assert float(opt.state[p]['step']) == 3
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize('impl', IMPLS)
 def test_unscale_clip_and_step(impl):
     device = amp_device()
@@ -192,6 +195,7 @@ def test_unscale_clip_and_step(impl):
     assert float(opt.state[model.weight]['step']) == 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason='autocast fp16 training needs CUDA')
 @pytest.mark.parametrize('impl', IMPLS)
 def test_autocast_fp16_training_reduces_loss(impl):
@@ -239,6 +243,7 @@ def test_state_has_exactly_four_fp32_buffers_per_param():
         assert sum(b.numel() * b.element_size() for b in buffers) == 16 * p.numel()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason='no CUDA')
 @pytest.mark.parametrize('impl', ['foreach', 'fused'])
 def test_peak_memory_of_a_step_is_bounded(impl):
@@ -258,6 +263,7 @@ def test_peak_memory_of_a_step_is_bounded(impl):
         assert extra < 0.01 * sum(p.numel() * 4 for p in params)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA or _triton_fame.triton is None, reason='needs CUDA and Triton >= 3.0')
 def test_fused_indexing_beyond_2_pow_31_elements():
     free, _ = torch.cuda.mem_get_info()

@@ -175,20 +175,6 @@ def test_checkpoint_resumes_into_one_rank(runs, demo_data, tmp_path, setting):
 
 
 # ------------------------------------------------------------------------------ bad input
-@pytest.fixture(scope='module')
-def one_rank_group(tmp_path_factory):
-    """A 1-rank gloo process group (ZeRO and FSDP need one to be built)."""
-    if dist.is_initialized():
-        yield
-        return
-    store = str(tmp_path_factory.mktemp('pg') / 'store')
-    dist.init_process_group('gloo', init_method=f'file://{store}', rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['ParamsT', 'get_value', 'get_scalar_dtype', 'view_as_real', 'increment_steps',
-           'version_tuple', 'walkable']
+           'is_compiling', 'version_tuple', 'walkable']
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
@@ -27,9 +27,20 @@ TORCH_VERSION = version_tuple(torch.__version__)
 _FOREACH_ADD_TENSOR = TORCH_VERSION >= (2, 2)
 
 
-def get_value(x: Union[float, Tensor]) -> float:
-    """A Python number from a float or a 1-element tensor."""
-    return x.item() if isinstance(x, Tensor) else x
+def is_compiling() -> bool:
+    """Whether dynamo is tracing this code (``torch.compiler.is_compiling`` is 2.3)."""
+    if torch.jit.is_scripting():
+        return False
+    compiler = getattr(torch, 'compiler', None)
+    if hasattr(compiler, 'is_compiling'):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()
+
+
+def get_value(x: Union[float, Tensor]) -> Union[float, Tensor]:
+    """A Python number from a float or a 1-element tensor; while compiling, the tensor itself
+    (``.item()`` would break the graph), as torch's optimizers do."""
+    return x.item() if isinstance(x, Tensor) and not is_compiling() else x
 
 
 def get_scalar_dtype() -> torch.dtype:
@@ -55,7 +66,7 @@ def walkable(params: List[Tensor], *lists: List[Tensor]) -> bool:
 
 def increment_steps(steps: List[Tensor]) -> None:
     """``step += 1`` for a list of step counters."""
-    if _FOREACH_ADD_TENSOR and steps and steps[0].is_cpu:
+    if _FOREACH_ADD_TENSOR and steps and steps[0].is_cpu and not is_compiling():
         torch._foreach_add_(steps, torch.tensor(1.0, device='cpu'), alpha=1.0)
     else:
         torch._foreach_add_(steps, 1)

@@ -343,3 +343,8 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp
 
 def _ln(beta: float) -> float:
     return math.log(beta) if beta > 0 else -math.inf
+
+
+# Under torch.compile the launcher (address tables read with data_ptr()) runs outside the graph,
+# one graph break; the wrapper is made here, as dynamo cannot make it while it traces.
+fused_fame_outside_graph = torch.compiler.disable(fused_fame)

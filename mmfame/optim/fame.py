@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from ._compat import ParamsT, get_scalar_dtype, get_value, increment_steps, view_as_real
+from ._compat import (ParamsT, get_scalar_dtype, get_value, increment_steps, is_compiling,
+                      view_as_real)
 from ._core import AMSGRAD_KEY, FULL_KEYS, MOMENT_KEYS, TENSOR_KEYS, FameTensors, state_dtype
 
 __all__ = ['FAME', 'fame', 'check_arguments', 'check_hyper_parameters']
@@ -491,19 +492,22 @@ def _choose_impl(params: List[Tensor], grads: List[Tensor], states: List[List[Te
     What was asked for; else the fastest correct one, measured (docs/benchmarks.md): the fused
     kernel for CUDA tensors it can take (with Triton), the compiled C loop for contiguous fp32
     CPU tensors (with a C compiler), foreach for plain CPU/CUDA tensors, else the for-loop.
+    While dynamo traces, the default is foreach on every device, as torch's: inductor fuses the
+    chain into its own loop, with no graph break (``fused=True`` runs the kernel outside the graph).
     ``fused=True`` on tensors the kernel cannot take raises, saying why; ``fused=False`` only
     rules the kernel out, as in torch.
     """
     default = fused is None and foreach is None
-    if fused or (default and params and params[0].is_cuda):
+    if fused or (default and params and params[0].is_cuda and not is_compiling()):
         from . import _triton_fame
         reason = _triton_fame.unsupported_reason(params, grads, states)
         if reason is None:
-            return _triton_fame.fused_fame, True
+            return (_triton_fame.fused_fame_outside_graph if is_compiling() else
+                    _triton_fame.fused_fame), True
         if fused:
             raise RuntimeError(reason)
-    if foreach is None and params and params[0].is_cpu:
-        from . import _cpu_kernel
+    if foreach is None and params and params[0].is_cpu and not is_compiling():
+        from . import _cpu_kernel  # ctypes and raw pointers: kept out of traced code
         if _cpu_kernel.supports(params, grads, states) and _cpu_kernel.load():
             return _cpu_kernel.cpu_kernel_fame, False
     if foreach is None:
@@ -546,7 +550,7 @@ def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg
         grad = grad.to(m1.dtype)
 
         state_steps[i] += 1
-        step = get_value(state_steps[i])
+        step = get_value(state_steps[i])  # a tensor while compiling: no .item(), no graph break
         if maximize:
             grad = -grad
         if weight_decay != 0:
@@ -568,8 +572,9 @@ def _single_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg
             v = vmax
 
         tema = m1.mul(3).sub_(m2, alpha=3).add_(m3)
-        denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-        p.addcdiv_(tema, denom, value=-lr / (1 - beta1**step))
+        bias_correction1, bias_correction2_sqrt = _bias_corrections(step, beta1, beta2)
+        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+        p.addcdiv_(tema, denom, value=-lr / bias_correction1)
         if p is not param:
             param.copy_(p)
 
@@ -602,8 +607,8 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
         tensor_lists = [p32, g32, m1_, m2_, m3_, v_, v2_ if full else None,
                         v3_ if full else None, vmax_ if amsgrad else None]
         scalar_lists = [step_size, eps_hat]
-        blocks = (_cpu_blocks(tensor_lists, scalar_lists) if device.type == 'cpu' else
-                  [tensor_lists + scalar_lists])
+        blocks = (_cpu_blocks(tensor_lists, scalar_lists)
+                  if device.type == 'cpu' and not is_compiling() else [tensor_lists + scalar_lists])
         for block in blocks:
             _foreach_chain(*block, amsgrad=amsgrad, beta1=beta1, beta2=beta2, beta3=beta3,
                            beta4=beta4, lr=lr, weight_decay=weight_decay,
@@ -613,14 +618,28 @@ def _multi_tensor_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_
             torch._foreach_copy_([p_[i] for i in low], [p32[i] for i in low])
 
 
+def _bias_corrections(step, beta1: float, beta2: float):
+    """``1 - beta1**t`` and ``sqrt(1 - beta2**t)``: numbers for a number ``t``; for a step
+    tensor (while compiling: reading it would break the graph), float64 tensors, as exact."""
+    if isinstance(step, Tensor):
+        step = step.to(torch.float64)
+        return 1 - beta1**step, (1 - beta2**step).sqrt()
+    return 1 - beta1**step, math.sqrt(1 - beta2**step)
+
+
 def _bias_corrected_scalars(steps, lr, beta1, beta2, eps):
     """Per tensor: -lr*sqrt(bc2)/bc1 and eps*sqrt(bc2), so that
-    ``p += step_size * tema / (sqrt(v) + eps_hat)`` is Adam's bias-corrected update."""
+    ``p += step_size * tema / (sqrt(v) + eps_hat)`` is Adam's bias-corrected update. While
+    compiling they are 0-d tensors."""
+    if is_compiling():
+        pairs = [_bias_corrections(s, beta1, beta2) for s in steps]
+        return ([-lr * bc2_sqrt / bc1 for bc1, bc2_sqrt in pairs],
+                [eps * bc2_sqrt for _, bc2_sqrt in pairs])
     values = [get_value(s) for s in steps]
     cache = {}
     for t in set(values):
-        bc2_sqrt = math.sqrt(1 - beta2**t)
-        cache[t] = (-lr * bc2_sqrt / (1 - beta1**t), eps * bc2_sqrt)
+        bc1, bc2_sqrt = _bias_corrections(t, beta1, beta2)
+        cache[t] = (-lr * bc2_sqrt / bc1, eps * bc2_sqrt)
     return [cache[t][0] for t in values], [cache[t][1] for t in values]
 
 
@@ -706,4 +725,8 @@ def _foreach_chain(params, grads, m1, m2, m3, v, v2, v3, vmax, step_size, eps_ha
         denom = torch._foreach_sqrt(v)
     del v
     torch._foreach_add_(denom, eps_hat)
-    torch._foreach_addcdiv_(params, tema, denom, step_size)
+    if isinstance(step_size[0], Tensor):  # compiling: a list of 0-d tensors, not scalars
+        torch._foreach_div_(denom, step_size)
+        torch._foreach_addcdiv_(params, tema, denom)
+    else:
+        torch._foreach_addcdiv_(params, tema, denom, step_size)

@@ -6,6 +6,7 @@ measured in this run, ratios against fused AdamW, and peak extra memory during a
 
     python tools/analysis_tools/benchmark_optimizer.py                      # CPU
     python tools/analysis_tools/benchmark_optimizer.py --device cuda --sets resnet50 large small
+    python tools/analysis_tools/benchmark_optimizer.py --sets resnet50 --compile   # + compiled
 """
 import argparse
 import contextlib
@@ -46,7 +47,7 @@ def param_sets(device):
     }
 
 
-def impls(device):
+def impls(device, compiled=False):
     fame_impls = {'for-loop': dict(foreach=False), 'foreach': dict(foreach=True),
                   'default': dict()}
     if device == 'cpu':  # what the foreach chain's cache blocking (CPU_BLOCK_NUMEL) buys
@@ -62,6 +63,9 @@ def impls(device):
     for name, kw in adamw_impls.items():
         yield 'AdamW', name, lambda ps, kw=kw: torch.optim.AdamW(ps, lr=1e-3,
                                                                   weight_decay=0.01, **kw)
+    if compiled:  # torch.compile(opt.step): the default of each (foreach), fused by inductor
+        yield 'FAME', 'compiled', lambda ps: FAME(ps, lr=1e-3, weight_decay=0.01)
+        yield 'AdamW', 'compiled', lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01)
 
 
 def sync(device):
@@ -96,29 +100,37 @@ def cpu_blocks(impl):
         fame_module.CPU_BLOCK_NUMEL = default
 
 
-def bench(make_opt, shapes, device, steps, warmup):
+def bench(make_opt, shapes, device, steps, warmup, compiled=False):
     gen = torch.Generator(device=device).manual_seed(0)
     params = [torch.randn(s, device=device, generator=gen).requires_grad_() for s in shapes]
     for p in params:
         p.grad = torch.randn(p.shape, device=device, generator=gen)
     opt = make_opt(params)
+    step = opt.step
+    if compiled:
+        torch._dynamo.reset()
+        step = torch.compile(opt.step)
+    t0 = time.perf_counter()
     for _ in range(warmup):
-        opt.step()
+        step()
     sync(device)
+    if compiled:
+        print(f'  {type(opt).__name__} compiled: {time.perf_counter() - t0:.1f} s to compile and '
+              f'run {warmup} warm-up steps', flush=True)
     peak = None
     if device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        opt.step()
+        step()
         sync(device)
         peak = (torch.cuda.max_memory_allocated() - base) / sum(p.numel() * 4 for p in params)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        opt.step()
+        step()
         sync(device)
         times.append(time.perf_counter() - t0)
-    del opt, params
+    del opt, params, step
     gc.collect()
     if device == 'cuda':
         torch.cuda.empty_cache()
@@ -143,8 +155,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--sets', nargs='+', default=['resnet50', 'large', 'small'])
-    parser.add_argument('--steps', type=int, default=None, help='timed steps (default 20/50)')
+    parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 50 on CUDA, 10 on CPU)')
     parser.add_argument('--markdown', help='also write the table to this file')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time torch.compile(opt.step) of FAME and AdamW')
     parser.add_argument('--sweep', action='store_true',
                         help='also time fused FAME launch configurations on each set (CUDA)')
     args = parser.parse_args()
@@ -161,12 +175,13 @@ def main():
         shapes = param_sets(device)[set_name]
         numel = sum(torch.Size(s).numel() for s in shapes)
         results = {}
-        for algo, impl, make in impls(device):
+        for algo, impl, make in impls(device, args.compile):
             if set_name == 'small' and impl == 'for-loop' and device == 'cuda':
                 continue  # thousands of launches per step: not informative
             try:
                 with cpu_blocks(impl):
-                    results[algo, impl] = bench(make, shapes, device, steps, warmup=3)
+                    results[algo, impl] = bench(make, shapes, device, steps, warmup=3,
+                                                compiled=impl == 'compiled')
             except Exception as e:  # report and go on: one broken path must not hide the rest
                 print(f'{set_name} {algo} {impl} FAILED: {e!r}', flush=True)
         if args.sweep and device == 'cuda':

@@ -189,7 +189,7 @@ def _check_paramwise_cfg(cfg) -> None:
                                                                        else '')
                          + f'; valid keys: {list(_PARAMWISE_KEYS)}')
     for key in _MULTS:
-        if key in cfg:
+        if cfg.get(key) is not None:  # None: not set, as mmengine reads it
             _check_mult(f'paramwise_cfg.{key}', cfg[key])
     for key in ('bypass_duplicate', 'merge_groups'):
         if key in cfg and not isinstance(cfg[key], bool):
