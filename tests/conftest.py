@@ -71,13 +71,15 @@ def ddp_run(demo_data, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def one_rank_group(tmp_path_factory):
-    """A 1-rank gloo process group (ZeRO and FSDP need one to be built)."""
+    """A 1-rank process group (ZeRO and FSDP need one to be built): gloo, and NCCL for CUDA
+    tensors where there is a GPU."""
     import torch.distributed as dist
     if dist.is_initialized():
         yield
         return
     store = str(tmp_path_factory.mktemp('pg') / 'store')
-    dist.init_process_group('gloo', init_method=f'file://{store}', rank=0, world_size=1)
+    backend = 'cpu:gloo,cuda:nccl' if torch.cuda.is_available() else 'gloo'
+    dist.init_process_group(backend, init_method=f'file://{store}', rank=0, world_size=1)
     try:
         yield
     finally:

@@ -278,3 +278,24 @@ def test_fused_indexing_beyond_2_pow_31_elements():
     tail = p.detach()[-5000:]
     assert torch.allclose(tail, torch.full_like(tail, p.detach()[0].item()))
     assert p.detach()[0].item() < 0
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_zero_on_one_rank_steps_as_fame(one_rank_group, device):
+    """torch's ZeroRedundancyOptimizer over FAME on one rank holds every parameter: its steps
+    equal FAME's, bit for bit, on CPU and on CUDA tensors (the fused kernel there)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    models = []
+    for zero in (True, False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).to(device)
+        kwargs = dict(lr=1e-3, weight_decay=0.05)
+        opt = (ZeroRedundancyOptimizer(model.parameters(), optimizer_class=FAME, **kwargs)
+               if zero else FAME(model.parameters(), **kwargs))
+        for i in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(i)).to(p)
+            opt.step()
+        models.append(model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        assert a.device.type == device and torch.equal(a, b)

@@ -13,7 +13,6 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, DefaultSco
 from torch import nn
 
 import mmfame
-from cases import DEVICES
 from mmfame import FAME, FAMEOptimWrapperConstructor
 from mmfame.engine import registry
 from mmfame.optim import _triton_fame
@@ -282,25 +281,3 @@ def test_amp_optim_wrapper_fused_and_default():
     for a, b in zip(default, fused):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('device', DEVICES)
-def test_zero_on_one_rank_steps_as_fame(one_rank_group, device):
-    """ZeRO's FAME on one rank holds every parameter: its steps equal FAME's, bit for bit, on
-    CPU and on CUDA tensors (the fused kernel there)."""
-    models = []
-    from mmengine.optim import build_optim_wrapper
-    for optimizer in (dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME'),
-                      dict(type='FAME')):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).to(device)
-        wrapper = build_optim_wrapper(model, dict(
-            type='OptimWrapper', optimizer=dict(optimizer, lr=1e-3, weight_decay=0.05),
-            constructor='FAMEOptimWrapperConstructor', paramwise_cfg=dict(norm_decay_mult=0.)))
-        for i in range(3):
-            for p in model.parameters():
-                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(i)).to(p)
-            wrapper.step()
-        models.append(model)
-    for a, b in zip(*(m.parameters() for m in models)):
-        assert a.device.type == device and torch.equal(a, b)
