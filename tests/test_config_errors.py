@@ -19,11 +19,11 @@ CASES = {
              r"\['lr', 'betas', 'eps', 'weight_decay', 'amsgrad', 'beta3', 'beta4'"),
     'lr str': (dict(lr='1e-4'), ValueError, r"lr must be a number .* got '1e-4' .*lr=1e-4"),
     'lr None': (dict(lr=None), ValueError, r'lr must be a number .* got None'),
-    'lr negative': (dict(lr=-1e-3), ValueError, r'lr: invalid learning rate -0.001 \(must be >= 0\)'),
+    'lr negative': (dict(lr=-1e-3), ValueError, r'lr: Invalid learning rate: -0.001 \(must be >= 0\)'),
     'lr bool': (dict(lr=True), ValueError, r'lr must be a number .* got True'),
     'eps str': (dict(eps='1e-8'), ValueError, r"eps must be a number >= 0, got '1e-8' .*"
                 + UNQUOTED),
-    'eps negative': (dict(eps=-1.), ValueError, r'eps must be a number >= 0, got -1.0'),
+    'eps negative': (dict(eps=-1.), ValueError, r'eps: Invalid epsilon value: -1.0 \(must be >= 0\)'),
     'weight_decay None': (dict(weight_decay=None), ValueError,
                           r'weight_decay must be a number >= 0, got None .*use 0 for no weight'),
     'weight_decay str': (dict(weight_decay='0.05'), ValueError, r"weight_decay .*'0.05'.*"
@@ -35,7 +35,7 @@ CASES = {
     'betas element str': (dict(betas=(0.9, '0.999')), ValueError,
                           r"betas\[1\] must be a number in \[0, 1\), got '0.999'"),
     'betas element range': (dict(betas=(1.0, 0.999)), ValueError,
-                            r'betas\[0\] must be a number in \[0, 1\), got 1.0'),
+                            r'betas: Invalid beta parameter at index 0: 1.0 \(must be in \[0, 1\)\)'),
     'beta3 range': (dict(beta3=1.5), ValueError, r'beta3 must be a number in \[0, 1\), got 1.5'),
     'beta4 str': (dict(beta4='0.7'), ValueError, r"beta4 must be .*'0.7'.*" + UNQUOTED),
     'sq_betas number': (dict(sq_betas=0.5), ValueError, r'sq_betas must be a pair .*or None'),
@@ -115,8 +115,8 @@ def test_bad_group_value_fails_before_the_group_is_added(case):
     (dict(beta4=-0.1), r"custom_keys\['head'\]\.beta4 must be a number in \[0, 1\)"),
     (dict(betas=(0.9, 0.999, 0.3)), r"custom_keys\['head'\]\.betas must be a pair"),
     (dict(betas=0.9), r"custom_keys\['head'\]\.betas must be a pair"),
-    (dict(betas=(0.9, 1.0)), r"custom_keys\['head'\]\.betas\[1\] must be a number in \[0, 1\)"),
-    (dict(eps=-1.), r"custom_keys\['head'\]\.eps must be a number >= 0"),
+    (dict(betas=(0.9, 1.0)), r"custom_keys\['head'\]\.betas: Invalid beta parameter at index 1: 1.0"),
+    (dict(eps=-1.), r"custom_keys\['head'\]\.eps: Invalid epsilon value: -1.0"),
     (dict(amsgrad='True'), r"custom_keys\['head'\]\.amsgrad must be True or False"),
     (dict(momentum=0.9), r"custom_keys\['head'\] got SGD arguments \['momentum'\]: FAME has "
                          r'no momentum; remove them from custom_keys'),

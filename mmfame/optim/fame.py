@@ -75,6 +75,9 @@ def _check_unit_pair(where: str, key: str, value, meaning: str) -> None:
                 '; the TEMA decays are the separate arguments beta3 and beta4'
                 if key == 'betas' else '')
     for i, beta in enumerate(value):
+        if key == 'betas' and _is_real(beta) and not 0.0 <= beta < 1.0:  # torch's words
+            raise ValueError(f'{where}.betas: Invalid beta parameter at index {i}: {beta} '
+                             '(must be in [0, 1))')
         if not (_is_real(beta) and 0.0 <= beta < 1.0):
             _refuse(where, f'{key}[{i}]', beta, 'a number in [0, 1)')
 
@@ -91,17 +94,18 @@ def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
                 raise ValueError(f'{where}.lr: Tensor lr must be 1-element, a floating-point '
                                  f'tensor, got shape {tuple(lr.shape)} and dtype {lr.dtype}')
             lr = lr.item()
-        if not _is_real(lr):
-            _refuse(where, 'lr', lr, 'a number >= 0 or a 1-element tensor')
-        if not lr >= 0:
-            raise ValueError(f'{where}.lr: invalid learning rate {lr} (must be >= 0)')
-        if not is_finite_real(lr):
-            _refuse(where, 'lr', lr, 'a finite number >= 0')
-    for key in ('eps', 'weight_decay'):
-        if key in values and not (_is_real(values[key]) and values[key] >= 0):
-            _refuse(where, key, values[key], 'a number >= 0')
-        if key in values and not is_finite_real(values[key]):
-            _refuse(where, key, values[key], 'a finite number >= 0')
+    # Out of range: torch's words (its tests match them), then the range.
+    for key, words in (('lr', 'Invalid learning rate'), ('eps', 'Invalid epsilon value'),
+                       ('weight_decay', 'Invalid weight_decay value')):
+        if key not in values:
+            continue
+        value = lr if key == 'lr' else values[key]
+        if not _is_real(value):
+            _refuse(where, key, value, 'a number >= 0' + ' or a 1-element tensor' * (key == 'lr'))
+        if not value >= 0:
+            raise ValueError(f'{where}.{key}: {words}: {value} (must be >= 0)')
+        if not is_finite_real(value):
+            _refuse(where, key, value, 'a finite number >= 0')
     if 'betas' in values:
         _check_unit_pair(where, 'betas', values['betas'], 'beta1, beta2')
     for key in ('beta3', 'beta4'):
