@@ -1,6 +1,8 @@
 """Every bad FAME optimizer config fails when the optim wrapper is built, naming the key and the
 fix, whichever constructor builds it (mmengine's default, FAMEOptimWrapperConstructor, with or
 without paramwise_cfg) and in plain PyTorch."""
+import re
+
 import pytest
 import torch
 from mmengine.optim import build_optim_wrapper
@@ -86,10 +88,16 @@ def test_bad_config_fails_at_build_naming_key_and_fix(case, constructor):
 
 @pytest.mark.parametrize('case', CASES)
 def test_bad_argument_fails_in_plain_pytorch(case):
+    """As with any torch optimizer: a bad value in FAME's words, an unknown keyword in Python's
+    (the fix for a config's SGD leftovers is named where configs are built)."""
     keys, error, match = CASES[case]
-    with pytest.raises(error, match=match) as info:
+    with pytest.raises(error) as info:
         FAME([nn.Parameter(torch.zeros(2))], **keys)
-    assert str(info.value).startswith('FAME')  # the message says where
+    if error is TypeError:  # "unexpected keyword argument 'momentum'"
+        assert repr(next(iter(keys))) in str(info.value), str(info.value)
+    else:
+        assert re.search(match, str(info.value)), str(info.value)
+        assert str(info.value).startswith('FAME')  # the message says where
 
 
 @pytest.mark.parametrize('lr', [torch.tensor([1e-3, 1e-3]), torch.tensor(1)])

@@ -1,5 +1,6 @@
 """FAME against a float64 reference, across implementations and configurations (checklist A-C)."""
 import copy
+import inspect
 import math
 
 import pytest
@@ -534,6 +535,21 @@ def test_functional_fame_picks_what_the_class_picks():
                  decoupled_weight_decay=True, maximize=False)
     for p, q in zip(params, copies):
         assert torch.equal(p, q)
+
+
+def test_a_subclass_takes_its_own_keyword_and_shows_its_own_signature():
+    """FAME subclasses like any torch optimizer: no keyword check of FAME's own in the way."""
+    class Clipped(FAME):
+        def __init__(self, params, max_update=1.0, **kwargs):
+            super().__init__(params, **kwargs)
+            self.max_update = max_update
+
+    opt = Clipped([nn.Parameter(torch.zeros(2))], max_update=0.5, lr=1e-2)
+    assert opt.max_update == 0.5 and opt.defaults['lr'] == 1e-2
+    assert list(inspect.signature(Clipped).parameters) == ['params', 'max_update', 'kwargs']
+    assert list(inspect.signature(FAME).parameters)[:3] == ['params', 'lr', 'betas']
+    with pytest.raises(TypeError, match="unexpected keyword argument 'momentum'"):
+        Clipped([nn.Parameter(torch.zeros(2))], momentum=0.9)
 
 
 # id: (implementation, whether the second layer is bf16, how it is compiled, settings). While

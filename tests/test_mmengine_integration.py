@@ -15,6 +15,7 @@ from torch import nn
 import mmfame
 from mmfame import FAME, FAMEOptimWrapperConstructor
 from mmfame.engine import registry
+from mmfame.engine.optimizers import build_fame
 from mmfame.optim import _triton_fame
 
 LR = 1e-2
@@ -99,7 +100,7 @@ def test_registration_is_idempotent_and_never_overrides():
     registry.register_all()
     registry.register_all()
     mmfame.engine.register_all()
-    assert OPTIMIZERS.get('FAME') is FAME
+    assert OPTIMIZERS.get('FAME') is build_fame
     assert OPTIM_WRAPPER_CONSTRUCTORS.get('FAMEOptimWrapperConstructor') is (
         FAMEOptimWrapperConstructor)
 
@@ -111,7 +112,7 @@ def test_registration_is_idempotent_and_never_overrides():
     with pytest.raises(KeyError, match='already registered'):
         registry.register(OPTIM_WRAPPER_CONSTRUCTORS, 'DefaultOptimWrapperConstructor',
                          FAMEOptimWrapperConstructor)
-    assert OPTIMIZERS.get('FAME') is FAME
+    assert OPTIMIZERS.get('FAME') is build_fame
     assert OPTIM_WRAPPER_CONSTRUCTORS.get('DefaultOptimWrapperConstructor') is not (
         FAMEOptimWrapperConstructor)
 

@@ -2,7 +2,8 @@
 finds them.
 
 mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` resolves under any
-``default_scope``. ``torch.optim.FAME`` is set too, where mmengine's
+``default_scope`` (to :func:`build_fame`: FAME, after naming the fix for an unknown argument).
+``torch.optim.FAME`` is set too, where mmengine's
 ``ZeroRedundancyOptimizer`` looks ``optimizer_type`` up, and runners with a ZeRO optimizer get
 the hook that lets them checkpoint. Registration is idempotent (repeated
 imports, pytest collection) and never overrides another package's ``FAME``.
@@ -13,7 +14,7 @@ from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Reg
 from mmfame.optim import FAME
 
 from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
-from .optimizers import FAMEOptimWrapperConstructor
+from .optimizers import FAMEOptimWrapperConstructor, build_fame
 from .preemption import PreemptionHook
 from .sharding import (ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume,
                        patch_runners_for_zero)
@@ -32,7 +33,7 @@ def register(registry: Registry, name: str, module) -> None:
 
 
 def register_all() -> None:
-    register(OPTIMIZERS, 'FAME', FAME)
+    register(OPTIMIZERS, 'FAME', build_fame)  # FAME, with the unknown-argument check
     # mmengine's ZeroRedundancyOptimizer finds optimizer_type='FAME' only in torch.optim.
     expose_in_torch_optim('FAME', FAME)
     register(HOOKS, 'ZeroCheckpointHook', ZeroCheckpointHook)

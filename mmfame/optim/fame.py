@@ -134,12 +134,6 @@ class _Batch:
 
 
 class FAME(Optimizer):
-    def __new__(cls, *args, **kwargs):
-        # Refuse unknown keywords (an SGD config's momentum, a typo) with the fix named, before
-        # Python's bare "unexpected keyword argument" from __init__.
-        check_arguments(kwargs)
-        return super().__new__(cls)
-
     def __init__(self,
                  params: ParamsT,
                  lr: Union[float, Tensor] = 1e-3,
@@ -166,10 +160,6 @@ class FAME(Optimizer):
         defaults['sq_betas'] = None if sq_betas is None else tuple(sq_betas)
         self._fused_plans: Dict[tuple, dict] = {}
         super().__init__(params, defaults)
-
-    # inspect.signature(FAME) would otherwise show __new__'s (*args, **kwargs).
-    __signature__ = inspect.signature(__init__).replace(
-        parameters=list(inspect.signature(__init__).parameters.values())[1:])
 
     @property
     def _step_supports_amp_scaling(self) -> bool:

@@ -1,3 +1,3 @@
-from .constructor import FAMEOptimWrapperConstructor
+from .constructor import FAMEOptimWrapperConstructor, build_fame
 
-__all__ = ['FAMEOptimWrapperConstructor']
+__all__ = ['FAMEOptimWrapperConstructor', 'build_fame']

@@ -45,6 +45,14 @@ _DELETE_ZERO_BASE = ("in an OpenMMLab config they come from an SGD base optimize
                      "weight_decay=...)) to drop the base settings")
 
 
+def build_fame(params, **kwargs) -> FAME:
+    """What ``type='FAME'`` builds from a config, under any constructor: :class:`FAME`, after
+    refusing unknown arguments (an SGD base's ``momentum``, a typo) with the fix named, where
+    Python would say only "unexpected keyword argument"."""
+    check_arguments(kwargs)
+    return FAME(params, **kwargs)
+
+
 class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """DefaultOptimWrapperConstructor with group merging, layer decay and FAME config checks.
 
@@ -243,7 +251,8 @@ def _is_fame(optimizer_type) -> bool:
     if isinstance(optimizer_type, str):
         with OPTIMIZERS.switch_scope_and_registry(None) as registry:
             optimizer_type = registry.get(optimizer_type)
-    return isinstance(optimizer_type, type) and issubclass(optimizer_type, FAME)
+    return optimizer_type is build_fame or (isinstance(optimizer_type, type)
+                                            and issubclass(optimizer_type, FAME))
 
 
 def _freeze(value):
