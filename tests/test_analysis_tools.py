@@ -1,6 +1,6 @@
-"""tools/analysis_tools/lag_demo.py and compare_optimizers.py: estimators, the ablation cascade
-optimizer (mmfame.experiments.ablation), the child configs of the named settings and the summary
-tables."""
+"""tools/analysis_tools/lag_demo.py, compare_optimizers.py and benchmark_optimizer.py's sweep:
+estimators, the ablation cascade optimizer (mmfame.experiments.ablation), the child configs of
+the named settings, the summary tables and the fused kernel's launch configurations."""
 import importlib
 import json
 import math
@@ -11,6 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cases import DEVICES, make_params, usable
+
+from mmfame.optim import _triton_fame
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ANALYSIS = osp.join(REPO, 'tools', 'analysis_tools')
@@ -22,6 +25,7 @@ ablation = importlib.import_module('mmfame.experiments.ablation')
 ex = importlib.import_module('mmfame.experiments.configs')
 runs = importlib.import_module('mmfame.experiments.runs')
 lag = importlib.import_module('lag_demo')
+benchmark_optimizer = importlib.import_module('benchmark_optimizer')
 
 DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
 SEG_CFG = osp.join(REPO, 'configs', 'demo',
@@ -354,3 +358,22 @@ def test_summary_only_cli_and_missing_runs(tmp_path, capsys):
     assert summary['metrics'] == ['coco/bbox_mAP', 'coco/bbox_mAP_50']
     assert summary['rows']['sgd']['coco/bbox_mAP'][0] == pytest.approx(0.25)
     assert '| `sgd` |' in open(out + '.md').read()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_the_fused_launch_configuration_changes_no_result(device):
+    """The kernel's launch configuration is an argument (the benchmark sweeps it): blocks, chunk
+    counts and warps other than the default give the same bits."""
+    usable('fused', device)
+    results, grids = [], []
+    for launch in (_triton_fame.LAUNCH, _triton_fame.Launch(block=64, iters=3, num_warps=1)):
+        params = make_params(device, torch.float32)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(1)).to(p)
+        opt = benchmark_optimizer.LaunchedFusedFAME(params, launch)
+        for _ in range(2):
+            opt.step()
+        results.append(params)
+        grids.append([tables.grid for plan in opt.plans.values() for tables in plan.tables])
+    assert grids[0] != grids[1]  # the smaller chunks took more programs
+    assert all(torch.equal(a, b) for a, b in zip(*results))

@@ -448,9 +448,9 @@ def test_fused_tables_are_built_once_per_batch_of_equal_size(monkeypatch):
     builds = []
 
     class CountingPlan(_triton_fame._Plan):
-        def __init__(self, lists):
+        def __init__(self, lists, launch):
             builds.append(len(lists[0]))
-            super().__init__(lists)
+            super().__init__(lists, launch)
 
     monkeypatch.setattr(_triton_fame, '_Plan', CountingPlan)
     layers = [[torch.randn(8, device=device, requires_grad=True) for _ in range(4)]

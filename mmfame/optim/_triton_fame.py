@@ -1,6 +1,6 @@
 """Fused FAME: one Triton kernel launch updates many tensors in a single pass over memory.
 
-Each program updates one chunk (BLOCK * ITERS elements) of one tensor. Tensors are reached through
+Each program updates one chunk (``Launch.block * Launch.iters`` elements) of one tensor. Tensors are reached through
 tables of raw addresses (like CUDA's multi_tensor_apply), so a step costs one launch per
 (device, dtype) group whatever the number of tensors: p, g, m1, m2, m3 and v are read once and
 p, m1, m2, m3 and v written once (44 B/param in fp32). Bias corrections are computed per tensor
@@ -13,7 +13,7 @@ tensors in Triton's interpreter: slow, but it lets CI check the kernel without a
 import math
 import operator
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -38,9 +38,21 @@ if _NO_TRITON is not None:
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 SUPPORTED_DEVICES = ['cuda', 'cpu'] if INTERPRET else ['cuda']
 _DTYPES = (*FUSED_DTYPES, torch.complex64, torch.complex128)  # complex as its real view
-BLOCK = 1024
-ITERS = 4
-NUM_WARPS = 4
+
+
+class Launch(NamedTuple):
+    """The kernel's launch configuration: each program updates ``iters`` blocks of ``block``
+    elements of one tensor with ``num_warps`` warps (swept in docs/benchmarks.md)."""
+    block: int = 1024
+    iters: int = 4
+    num_warps: int = 4
+
+
+LAUNCH = Launch()
+# The kernel's settings, in the order of its fp64 ``hyper`` table (Triton passes Python floats as
+# fp32): the kernel reads each by its index below, fused_fame writes them in this order.
+HYPER = ('lr', 'beta1', 'beta2', 'beta3', 'beta4', 'eps', 'weight_decay', 'ln_beta1', 'ln_beta2',
+         'sq_beta2', 'sq_beta3')
 
 
 def require_triton() -> None:
@@ -52,6 +64,10 @@ def require_triton() -> None:
 if triton is not None:
     _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16,
                   torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+    _LR, _BETA1, _BETA2, _BETA3, _BETA4, _EPS, _WEIGHT_DECAY, _LN_BETA1, _LN_BETA2, _SQ_BETA2, \
+        _SQ_BETA3 = (tl.constexpr(HYPER.index(name)) for name in (
+            'lr', 'beta1', 'beta2', 'beta3', 'beta4', 'eps', 'weight_decay', 'ln_beta1',
+            'ln_beta2', 'sq_beta2', 'sq_beta3'))
 
     @triton.jit
     def _fame_chunk(p_ptr, g_ptr, m1_ptr, m2_ptr, m3_ptr, v_ptr, v2_ptr, v3_ptr, vmax_ptr, offs,
@@ -157,20 +173,20 @@ if triton is not None:
         inv_scale = 1.0
         if HAS_GRAD_SCALE:
             inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
-        # Hyper-parameters arrive in fp64 (Triton passes Python floats as fp32).
-        lr = tl.load(hyper + 0)
-        beta1 = tl.load(hyper + 1).to(CT)
-        beta2 = tl.load(hyper + 2).to(CT)
-        beta3 = tl.load(hyper + 3).to(CT)
-        beta4 = tl.load(hyper + 4).to(CT)
-        eps = tl.load(hyper + 5).to(CT)
-        weight_decay = tl.load(hyper + 6).to(CT)
-        sq_beta2 = tl.load(hyper + 9).to(CT)
-        sq_beta3 = tl.load(hyper + 10).to(CT)
+        # Hyper-parameters arrive in fp64 (HYPER's order).
+        lr = tl.load(hyper + _LR)
+        beta1 = tl.load(hyper + _BETA1).to(CT)
+        beta2 = tl.load(hyper + _BETA2).to(CT)
+        beta3 = tl.load(hyper + _BETA3).to(CT)
+        beta4 = tl.load(hyper + _BETA4).to(CT)
+        eps = tl.load(hyper + _EPS).to(CT)
+        weight_decay = tl.load(hyper + _WEIGHT_DECAY).to(CT)
+        sq_beta2 = tl.load(hyper + _SQ_BETA2).to(CT)
+        sq_beta3 = tl.load(hyper + _SQ_BETA3).to(CT)
         # Bias corrections in fp64 from this tensor's step: 1 - beta**t = 1 - exp(t * ln(beta)).
         step = tl.load(tl.load(step_ptrs + t).to(tl.pointer_type(tl.float32))).to(tl.float64)
-        bc1 = 1.0 - tl.exp(step * tl.load(hyper + 7))
-        bc2 = 1.0 - tl.exp(step * tl.load(hyper + 8))
+        bc1 = 1.0 - tl.exp(step * tl.load(hyper + _LN_BETA1))
+        bc2 = 1.0 - tl.exp(step * tl.load(hyper + _LN_BETA2))
         step_size = (lr / bc1).to(CT)
         bc2_sqrt = tl.sqrt(bc2).to(CT)
         lr = lr.to(CT)
@@ -193,16 +209,16 @@ if triton is not None:
                                 WEIGHT_DECAY, DECOUPLED, HAS_GRAD_SCALE, MANUAL_BF16_ROUNDING)
 
 
-class _Batch:
+class _DeviceTables:
     """Address and chunk tables, on the device, for the tensors of one (device, dtype)."""
 
-    def __init__(self, device, dtype, lists, steps):
+    def __init__(self, device, dtype, lists, steps, launch: Launch):
         p_ = lists[0]
         if any(s.device != device for s in steps):
             raise RuntimeError("FAME(fused=True): state 'step' must be on the parameters' device; "
                                'load the state dict into a fused optimizer instead')
         numels = torch.tensor([t.numel() for t in p_], dtype=torch.int64)
-        chunk = BLOCK * ITERS
+        chunk = launch.block * launch.iters
         chunks = (numels + chunk - 1) // chunk
         chunk_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32),
                                                chunks)
@@ -225,18 +241,19 @@ class _Plan:
     param/grad addresses every step: new grads, moved params or new state rebuild it.
     """
 
-    def __init__(self, lists):
+    def __init__(self, lists, launch: Launch):
+        self.launch = launch
         self.ptrs = _addresses(lists[:2])
         self.states = lists[2:]  # unused state lists (no amsgrad, default FAME) are empty
         if any(torch.is_complex(p) for p in lists[0]):
             lists = [list(l) for l in lists]
             view_as_real(*(l for l in lists[:-1] if l))
         grouped = Optimizer._group_tensors_by_device_and_dtype(lists)
-        self.batches = [_Batch(device, dtype, tensors[:-1], tensors[-1])
-                        for (device, dtype), (tensors, _) in grouped.items()]
+        self.tables = [_DeviceTables(device, dtype, tensors[:-1], tensors[-1], launch)
+                       for (device, dtype), (tensors, _) in grouped.items()]
 
-    def matches(self, lists) -> bool:
-        return (all(map(_same_objects, self.states, lists[2:]))
+    def matches(self, lists, launch: Launch) -> bool:
+        return (launch == self.launch and all(map(_same_objects, self.states, lists[2:]))
                 and self.ptrs == _addresses(lists[:2]))
 
 
@@ -295,12 +312,13 @@ def unsupported_reason(params, grads, states) -> Optional[str]:
 def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp_avg_sq_2s,
                exp_avg_sq_3s, max_exp_avg_sqs, state_steps, *, grad_scale, found_inf,
                has_complex, amsgrad, beta1, beta2, beta3, beta4, lr, weight_decay, eps,
-               decoupled_weight_decay, maximize, sq_betas, plans=None):
+               decoupled_weight_decay, maximize, sq_betas, plans=None, launch=LAUNCH):
     """Fused FAME step; same arguments as the other implementations in ``fame.py``.
 
     ``plans`` (a dict the optimizer keeps for this batch of tensors) holds the device tables
     between steps, so a step's host work is an address comparison and one launch per
     (device, dtype). A Tensor ``lr`` is read on the device: the step never syncs with the host.
+    ``launch`` is the launch configuration (the benchmark sweeps it).
     """
     require_triton()
     full = sq_betas is not None
@@ -309,36 +327,39 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp
              max_exp_avg_sqs if amsgrad else [], state_steps]
     key = (amsgrad, full)
     plan = plans.get(key) if plans is not None else None
-    if plan is None or not plan.matches(lists):
-        plan = _Plan(lists)
+    if plan is None or not plan.matches(lists, launch):
+        plan = _Plan(lists, launch)
         if plans is not None:
             plans[key] = plan
     if isinstance(lr, Tensor) and lr.is_cpu and not params[0].is_cpu:
         lr = lr.item()  # a host read, no device sync; a device lr is copied on the device
     tensor_lr = isinstance(lr, Tensor)
-    for batch in plan.batches:
-        device = batch.device
-        torch._foreach_add_(batch.steps, 1)
+    settings = dict(lr=0.0 if tensor_lr else lr, beta1=beta1, beta2=beta2, beta3=beta3,
+                    beta4=beta4, eps=eps, weight_decay=weight_decay, ln_beta1=_ln(beta1),
+                    ln_beta2=_ln(beta2), sq_beta2=(sq_betas or (0.0, 0.0))[0],
+                    sq_beta3=(sq_betas or (0.0, 0.0))[1])
+    for tables in plan.tables:
+        device = tables.device
+        torch._foreach_add_(tables.steps, 1)
         scale = grad_scale.to(device) if grad_scale is not None else None
         inf = found_inf.to(device) if found_inf is not None else None
-        hyper = _to_device([0.0 if tensor_lr else lr, beta1, beta2, beta3, beta4, eps,
-                            weight_decay, _ln(beta1), _ln(beta2), *(sq_betas or (0.0, 0.0))],
-                           torch.float64, device)
+        hyper = _to_device([settings[name] for name in HYPER], torch.float64, device)
         if tensor_lr:
-            hyper[:1].copy_(lr.detach().reshape(1), non_blocking=True)
+            lr_at = HYPER.index('lr')
+            hyper[lr_at:lr_at + 1].copy_(lr.detach().reshape(1), non_blocking=True)
         # Tables: chunk tensor/start, numels, then p, g, m1, m2, m3, v, v2, v3, vmax, step
         # addresses; an unused table (None) is replaced by any tensor, the kernel skips it.
-        t = [x if x is not None else hyper for x in batch.tensors]
-        p_dtype, g_dtype, state_dtype = batch.dtypes
-        _fame_kernel[batch.grid](
+        t = [x if x is not None else hyper for x in tables.tensors]
+        p_dtype, g_dtype, state_dtype = tables.dtypes
+        _fame_kernel[tables.grid](
             *t, scale if scale is not None else hyper, inf if inf is not None else hyper, hyper,
             P_DTYPE=p_dtype, G_DTYPE=g_dtype, CT=state_dtype, FULL=full, AMSGRAD=amsgrad,
             MAXIMIZE=maximize, WEIGHT_DECAY=weight_decay != 0, DECOUPLED=decoupled_weight_decay,
             HAS_GRAD_SCALE=scale is not None, HAS_FOUND_INF=inf is not None,
-            ALIGNED=batch.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=BLOCK, ITERS=ITERS,
-            num_warps=NUM_WARPS)
+            ALIGNED=tables.aligned, MANUAL_BF16_ROUNDING=INTERPRET, BLOCK=launch.block,
+            ITERS=launch.iters, num_warps=launch.num_warps)
         if inf is not None:
-            torch._foreach_sub_(batch.steps, [inf] * len(batch.steps))
+            torch._foreach_sub_(tables.steps, [inf] * len(tables.steps))
 
 
 def _ln(beta: float) -> float:

@@ -123,7 +123,7 @@ def check_hyper_parameters(values: dict, where: str = 'FAME') -> None:
         raise RuntimeError(f'{where}: `fused` and `foreach` cannot be `True` together.')
 
 
-class _Batch:
+class _GroupBatch:
     """Parameter groups whose settings agree, stepped by one call, and their params with a
     gradient (gathered before any state is made)."""
 
@@ -163,8 +163,13 @@ class FAME(Optimizer):
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
-        """Fused batches take GradScaler's grad_scale/found_inf in step() (no host sync)."""
-        return any(self._choose(batch)[1] for batch in self._batches())
+        """Whether GradScaler leaves unscaling to step(): some group may run the fused kernel,
+        which reads grad_scale/found_inf on the device (no host sync). Read from the settings,
+        without batching the groups (step() does that once); a batch that does not run fused
+        unscales in step() itself."""
+        return any(group['fused'] or (
+            group['fused'] is None and group['foreach'] is None and group['params']
+            and group['params'][0].is_cuda and _triton_available()) for group in self.param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; its own settings are checked like the constructor's, before anything is
@@ -204,13 +209,13 @@ class FAME(Optimizer):
             for key, value in DEFAULTS.items():
                 group.setdefault(key, value)
 
-    def _batches(self) -> Iterator[_Batch]:
+    def _batches(self) -> Iterator[_GroupBatch]:
         """Groups with equal settings go to one call, so the fast paths batch across the
         one-group-per-parameter layout that mmengine's paramwise_cfg produces."""
-        batches: Dict[tuple, _Batch] = {}
+        batches: Dict[tuple, _GroupBatch] = {}
         for group in self.param_groups:
             key = tuple(_hashable(group[k]) for k in _BATCH_KEYS)
-            batch = batches.setdefault(key, _Batch())
+            batch = batches.setdefault(key, _GroupBatch())
             batch.groups.append(group)
             for p in group['params']:
                 if p.grad is not None:
@@ -222,7 +227,7 @@ class FAME(Optimizer):
                     batch.grads.append(p.grad)
         return (batch for batch in batches.values() if batch.params)
 
-    def _choose(self, batch: _Batch) -> Tuple[Callable, bool]:
+    def _choose(self, batch: _GroupBatch) -> Tuple[Callable, bool]:
         """The dispatcher's choice for a batch, before its state is made or changed: a state
         tensor not made yet will be laid out like its param, so the param stands in for it."""
         group = batch.groups[0]
@@ -231,7 +236,7 @@ class FAME(Optimizer):
         states = [[self.state.get(p, {}).get(k, p) for p in batch.params] for k in keys]
         return _choose_impl(batch.params, batch.grads, states, group['foreach'], group['fused'])
 
-    def _init_state(self, batch: _Batch, fused: bool) -> Tuple[FameTensors, bool]:
+    def _init_state(self, batch: _GroupBatch, fused: bool) -> Tuple[FameTensors, bool]:
         """The batch's tensors, making missing state; and whether any param is complex."""
         group = batch.groups[0]
         amsgrad, full = group['amsgrad'], group['sq_betas'] is not None
@@ -355,6 +360,11 @@ class FAME(Optimizer):
 
 
 
+def _triton_available() -> bool:
+    from . import _triton_fame
+    return _triton_fame.triton is not None
+
+
 def _hashable(value):
     # A Tensor lr batches by identity: reading its value would sync with its device.
     return ('tensor', id(value)) if isinstance(value, Tensor) else value
@@ -444,13 +454,13 @@ def fame(params: List[Tensor],
          exp_avg_sq_3s: List[Tensor],
          max_exp_avg_sqs: List[Tensor],
          state_steps: List[Tensor],
+         *,
          foreach: Optional[bool] = None,
          fused: Optional[bool] = None,
          grad_scale: Optional[Tensor] = None,
          found_inf: Optional[Tensor] = None,
          has_complex: bool = False,
          fused_plans: Optional[dict] = None,
-         *,
          amsgrad: bool,
          beta1: float,
          beta2: float,

@@ -137,18 +137,33 @@ def bench(make_opt, shapes, device, steps, warmup, compiled=False):
     return statistics.median(times) * 1e3, peak
 
 
+class LaunchedFusedFAME:
+    """FAME's fused kernel launcher stepping ``params`` (state made here, as FAME's) with a given
+    launch configuration: what the sweep times."""
+
+    def __init__(self, params, launch):
+        from mmfame.optim import _triton_fame
+        zeros = [[torch.zeros_like(p) for p in params] for _ in range(4)]
+        steps = [torch.zeros((), device=p.device) for p in params]
+        self.lists = [params, [p.grad for p in params], *zeros, [], [], [], steps]
+        self.launch, self.plans, self.kernel = launch, {}, _triton_fame.fused_fame
+
+    def step(self):
+        self.kernel(*self.lists, grad_scale=None, found_inf=None, has_complex=False,
+                    amsgrad=False, beta1=0.9, beta2=0.999, beta3=0.3, beta4=0.7, lr=1e-3,
+                    weight_decay=0.01, eps=1e-8, decoupled_weight_decay=True, maximize=False,
+                    sq_betas=None, plans=self.plans, launch=self.launch)
+
+
 def sweep(shapes, device, steps):
-    """Fused FAME ms/step for (BLOCK, ITERS, num_warps) launch configurations."""
-    from mmfame.optim import _triton_fame as tf
-    default = tf.BLOCK, tf.ITERS, tf.NUM_WARPS
-    for config in [(512, 4, 4), (1024, 2, 4), (1024, 4, 4), (1024, 8, 4), (2048, 2, 8),
-                   (2048, 4, 8), (4096, 2, 8), (4096, 4, 16)]:
-        tf.BLOCK, tf.ITERS, tf.NUM_WARPS = config
-        ms, _ = bench(lambda ps: FAME(ps, lr=1e-3, weight_decay=0.01, fused=True), shapes,
-                      device, steps, warmup=3)
-        print(f'  sweep BLOCK={config[0]} ITERS={config[1]} num_warps={config[2]}: '
-              f'{ms:.3f} ms', flush=True)
-    tf.BLOCK, tf.ITERS, tf.NUM_WARPS = default
+    """Fused FAME ms/step for launch configurations (block, iters, num_warps)."""
+    from mmfame.optim._triton_fame import Launch
+    for launch in [Launch(512, 4, 4), Launch(1024, 2, 4), Launch(1024, 4, 4), Launch(1024, 8, 4),
+                   Launch(2048, 2, 8), Launch(2048, 4, 8), Launch(4096, 2, 8),
+                   Launch(4096, 4, 16)]:
+        ms, _ = bench(lambda ps: LaunchedFusedFAME(ps, launch), shapes, device, steps, warmup=3)
+        print(f'  sweep BLOCK={launch.block} ITERS={launch.iters} '
+              f'num_warps={launch.num_warps}: {ms:.3f} ms', flush=True)
 
 
 def main():
