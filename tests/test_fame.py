@@ -11,7 +11,8 @@ from cases import (CONFIGS, DEVICES, HAS_CUDA, HAS_TRITON, IMPLS, assert_same, l
                    make_params, max_err, needs_cpu_kernel, settings, twins, usable)
 from e2e import run_outside_triton_interpreter
 from mmfame import FAME
-from mmfame.optim import _triton_fame
+from mmfame.optim import _cpu_kernel, _triton_fame
+from mmfame.optim import fame as fame_module
 from reference import ReferenceFAME
 
 # implementation -> (param dtype, tolerance against the float64 reference): the default runs
@@ -119,21 +120,26 @@ def test_fused_matches_forloop_in_low_precision(device, dtype):
     assert_same((fused, params), (loop, copies), tol=tol, state_tol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [torch.complex128, torch.complex64])
 @pytest.mark.parametrize('impl', IMPLS)
-def test_complex_params_behave_like_their_real_view(impl):
+def test_complex_params_behave_like_their_real_view(impl, dtype):
+    """complex64 on the default CPU path is the C loop's complex path (its real view)."""
     usable(impl, 'cpu')
     torch.manual_seed(0)
-    z = torch.randn(6, 4, dtype=torch.complex128, requires_grad=True)
+    z = torch.randn(6, 4, dtype=dtype, requires_grad=True)
     r = torch.view_as_real(z.detach()).clone().requires_grad_()
     opt_z = FAME([z], lr=1e-2, weight_decay=0.1, **IMPLS[impl])
     opt_r = FAME([r], lr=1e-2, weight_decay=0.1, **IMPLS[impl])
     for _ in range(4):
-        gz = torch.randn(6, 4, dtype=torch.complex128)
+        gz = torch.randn(6, 4, dtype=dtype)
         z.grad, r.grad = gz, torch.view_as_real(gz).clone()
         opt_z.step()
         opt_r.step()
-    assert max_err(torch.view_as_real(z), r) < 1e-14
+    assert max_err(torch.view_as_real(z), r) < (1e-14 if dtype == torch.complex128 else 1e-7)
     assert opt_z.state[z]['exp_avg_2'].is_complex()
+    if impl == 'default' and dtype == torch.complex64 and _cpu_kernel.load():
+        assert fame_module._choose_impl([z], [z.grad], [[z]] * 4, None, None)[0] is (
+            _cpu_kernel.cpu_kernel_fame)
 
 
 @pytest.mark.parametrize('impl', IMPLS)

@@ -1019,3 +1019,17 @@ def test_launcher_scripts_run_upstream_command_lines(case, tmp_path):
     ran, pythonpath, *ran_argv = log.read_text().split('\0')[:-1]
     assert (ran, ran_argv) == (program, argv)
     assert osp.realpath(pythonpath.split(os.pathsep)[0]) == REPO, pythonpath
+
+
+def test_amp_flag_refuses_to_replace_another_optim_wrapper(tmp_path):
+    """--amp turns an OptimWrapper into an AmpOptimWrapper, as mmdet's tools/train.py; another
+    wrapper type is refused, naming it, before anything is built (mmdet asserts)."""
+    proc = subprocess.run(
+        [PY, 'tools/train.py', DET_CFG, '--amp', '--work-dir', str(tmp_path),
+         '--cfg-options', 'optim_wrapper.type=OptimWrapperDict'],
+        cwd=REPO, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=TOOL_TIMEOUT)
+    assert proc.returncode != 0
+    assert "ValueError: --amp turns optim_wrapper.type OptimWrapper into AmpOptimWrapper, got " \
+           "optim_wrapper.type='OptimWrapperDict'" in proc.stdout, proc.stdout[-3000:]
+    assert not list(tmp_path.iterdir())  # nothing built, no log written

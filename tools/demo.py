@@ -21,11 +21,9 @@ import sys
 import time
 import warnings
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from mmfame.experiments import logs, runs
 
-from mmfame.experiments import logs, runs  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 TASKS = {  # task -> (FAME config, primary metric, its name, plot title)
     'det': ('configs/demo/retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py', 'coco/bbox_mAP',

@@ -29,11 +29,9 @@ import argparse
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from mmfame.experiments import configs, runs
 
-from mmfame.experiments import configs, runs  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 DEFAULT_WORK_DIR = osp.join(REPO, 'work_dirs', 'reproduce')
 COST_MARKERS = ('<!-- cost-table:start -->', '<!-- cost-table:end -->')

@@ -16,20 +16,14 @@ Checkpoints are loaded with ``weights_only=True`` (torch >= 2.6) through the all
 import argparse
 import os
 import os.path as osp
-import sys
 import warnings
 from copy import deepcopy
 
-_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+from mmengine import ConfigDict
+from mmengine.config import Config, DictAction
 
-from mmengine import ConfigDict  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.engine import finalize_distributed, setup_cpu_distributed  # noqa: E402
+import mmfame  # noqa: F401  (registers FAME)
+from mmfame.engine import build_runner, finalize_distributed, setup_cpu_distributed
 
 
 # TODO: support fuse_conv_bn and format_only
@@ -147,8 +141,7 @@ def main():
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    scope = cfg.get('default_scope', None) or 'mmengine'
-    is_mmdet = scope == 'mmdet'
+    is_mmdet = cfg.get('default_scope', None) == 'mmdet'
 
     if is_mmdet:
         # Reduce the number of repeated compilations and improve
@@ -190,20 +183,8 @@ def main():
     # CPU launchers (no-op with CUDA)
     setup_cpu_distributed(cfg)
 
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        # build the default runner
-        runner = Runner.from_cfg(cfg)
-    else:
-        # build customized runner from the registry
-        # if 'runner_type' is set in the cfg
-        if is_mmdet:
-            from mmdet.registry import RUNNERS
-        elif scope == 'mmseg':
-            from mmseg.registry import RUNNERS
-        else:
-            from mmengine.registry import RUNNERS
-        runner = RUNNERS.build(cfg)
+    # build the runner from config (with runner_type: from the config's package's RUNNERS)
+    runner = build_runner(cfg)
 
     # mmdet: add `DumpResults` dummy metric
     if args.out is not None and is_mmdet:

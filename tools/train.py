@@ -19,20 +19,13 @@ both. Differences from upstream:
 import argparse
 import os
 import os.path as osp
-import sys
 
-# Run from anywhere (python tools/train.py ...): make the repository's mmfame importable.
-_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.logging import print_log  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-import mmfame  # noqa: E402,F401  (registers FAME)
-from mmfame.engine import (PreemptionHook, finalize_distributed,  # noqa: E402
-                           resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
+import mmfame  # noqa: F401  (registers FAME)
+from mmfame.engine import (PreemptionHook, build_runner, finalize_distributed, resume_checkpoint,
+                           setup_cpu_distributed, use_atomic_checkpoints)
 
 
 def parse_args():
@@ -86,22 +79,6 @@ def parse_args():
     return args
 
 
-def scope_of(cfg) -> str:
-    """The OpenMMLab package whose registries the config uses (``default_scope``)."""
-    return cfg.get('default_scope', None) or 'mmengine'
-
-
-def runners_registry(scope: str):
-    """``RUNNERS`` of the config's package (mmdet/mmseg), or mmengine's."""
-    if scope == 'mmdet':
-        from mmdet.registry import RUNNERS
-    elif scope == 'mmseg':
-        from mmseg.registry import RUNNERS
-    else:
-        from mmengine.registry import RUNNERS
-    return RUNNERS
-
-
 def main():
     args = parse_args()
 
@@ -110,9 +87,7 @@ def main():
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    scope = scope_of(cfg)
-
-    if scope == 'mmdet':
+    if cfg.get('default_scope', None) == 'mmdet':
         # Reduce the number of repeated compilations and improve
         # training speed.
         from mmdet.utils import setup_cache_size_limit_of_dynamo
@@ -129,8 +104,13 @@ def main():
 
     # enable automatic-mixed-precision training
     if args.amp is True:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
             print_log('AMP training is already enabled in your config.', logger='current')
+        elif wrapper != 'OptimWrapper':  # mmdet asserts this: another wrapper is not replaced
+            raise ValueError(f'--amp turns optim_wrapper.type OptimWrapper into AmpOptimWrapper, '
+                             f'got optim_wrapper.type={wrapper!r}: enable mixed precision in '
+                             'that wrapper (or its AMP variant) in the config instead of --amp')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -169,14 +149,8 @@ def main():
     # No CUDA + a distributed launcher: gloo, no device_ids, no SyncBN. No-op with CUDA.
     setup_cpu_distributed(cfg)
 
-    # build the runner from config
-    if 'runner_type' not in cfg:
-        # build the default runner
-        runner = Runner.from_cfg(cfg)
-    else:
-        # build customized runner from the registry
-        # if 'runner_type' is set in the cfg
-        runner = runners_registry(scope).build(cfg)
+    # build the runner from config (with runner_type: from the config's package's RUNNERS)
+    runner = build_runner(cfg)
 
     # start training
     runner.train()

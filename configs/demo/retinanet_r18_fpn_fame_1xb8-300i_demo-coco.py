@@ -59,7 +59,7 @@ test_evaluator = val_evaluator
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 # Warm up for 30 iterations, then cosine decay to 5 % at max_iters. tools/demo.py --iters N
-# overrides train_cfg.max_iters and param_scheduler[1].end together.
+# sets train_cfg.max_iters to N and scales every scheduler's begin/end by N / max_iters.
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=30),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=30, end=max_iters, eta_min_ratio=0.05)

@@ -1,7 +1,8 @@
 """mmfame's OpenMMLab integration (needs mmengine): the optim wrapper constructor and its
 registration, CPU-only distributed launchers, loading mmengine Runner checkpoints under
 torch >= 2.6 (``weights_only=True`` by default), which checkpoint a bare ``--resume`` takes,
-the hook that checkpoints on a cluster's stop signal, and checkpoint files written atomically.
+the hook that checkpoints on a cluster's stop signal, checkpoint files written atomically, and
+the runner a config asks for.
 
 Its modules change nothing when imported: ``import mmfame`` calls :func:`register_all` and
 :func:`register_checkpoint_safe_globals`, tools/train.py and tools/test.py the dist helpers.
@@ -15,6 +16,7 @@ from .optimizers import FAMEOptimWrapperConstructor
 from .preemption import PREEMPTED_EXIT, PREEMPTION_RECORD, PreemptionHook
 from .registry import register_all
 from .resume import resume_checkpoint, unreadable_reason
+from .runners import build_runner
 
 __all__ = [
     'FAMEOptimWrapperConstructor', 'register_all',
@@ -22,5 +24,6 @@ __all__ = [
     'CPU_DDP_TYPE', 'CPU_FSDP_TYPE', 'MMFameCPUDDP', 'MMFameCPUFSDP',
     'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed',
     'resume_checkpoint', 'unreadable_reason', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
-    'PreemptionHook', 'ATOMIC_BACKEND', 'AtomicLocalBackend', 'use_atomic_checkpoints'
+    'PreemptionHook', 'ATOMIC_BACKEND', 'AtomicLocalBackend', 'use_atomic_checkpoints',
+    'build_runner'
 ]

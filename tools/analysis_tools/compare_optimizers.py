@@ -35,14 +35,10 @@ import os.path as osp
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from mmfame.experiments import logs, runs  # noqa: E402
-from mmfame.experiments.configs import (DOC_SETTINGS, load_config, parse_setting,  # noqa: E402
+from mmfame.experiments import logs, runs
+from mmfame.experiments.configs import (DOC_SETTINGS, load_config, parse_setting,
                                         select_configs)
-from mmfame.experiments.report import write_outputs  # noqa: E402
+from mmfame.experiments.report import write_outputs
 
 
 def collect(work_dir, matrix, metrics=None):
@@ -134,7 +130,8 @@ def main(argv=None):
                                        total_run_seconds=round(sum(
                                            v for v in seconds.values() if v), 1)),
                             describe=DOC_SETTINGS)
-    print(open(out + '.md').read())
+    with open(out + '.md') as f:
+        print(f.read())
     print(f'[compare] wrote {out}.md, {out}.png, {out}.json '
           f'({time.time() - t_all:.0f} s this invocation)')
     return summary

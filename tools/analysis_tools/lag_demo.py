@@ -39,19 +39,16 @@ import argparse
 import math
 import os
 import os.path as osp
-import sys
 import time
 from typing import Callable, Dict, Sequence
 
 import numpy as np
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from mmfame import FAME
+from mmfame.experiments.ablation import CascadeAdam, cascade_coeffs
 
-from mmfame.experiments.ablation import CascadeAdam, cascade_coeffs  # noqa: E402
-from mmfame import FAME  # noqa: E402
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # name: (cascade decays (beta1, d2, ...), label)
 ESTIMATORS = {
@@ -399,7 +396,8 @@ def main(argv=None):
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     write_markdown(out + '.md', rows, info, trows, tkw, lrs, seconds)
     plot(out + '.png', streams, info, rows, trows, lrs, tkw)
-    print(open(out + '.md').read())
+    with open(out + '.md') as f:
+        print(f.read())
     print(f'wrote {out}.md and {out}.png ({time.time() - start:.1f} s)')
 
 

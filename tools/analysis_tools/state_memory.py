@@ -13,11 +13,8 @@ FSDP shards the flat parameters evenly (padded to a multiple of the world size).
 import argparse
 import glob
 import os.path as osp
-import sys
 
 _REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
 
 BYTES_PER_ELEMENT = {'FAME': 16, 'AdamW': 8}
 
