@@ -6,6 +6,7 @@ import json
 import math
 import os
 import os.path as osp
+import subprocess
 import sys
 
 import numpy as np
@@ -166,9 +167,17 @@ def test_cascade_with_fame_decays_is_fame_and_dema_is_its_formula():
 
 
 def test_private_optimizer_registered_under_private_name_only():
+    """Only importing register_ablation (a child config's custom_imports) registers it."""
+    code = ('import mmfame.experiments.configs, mmfame.experiments.ablation\n'
+            'from mmengine.registry import OPTIMIZERS\n'
+            f'print(OPTIMIZERS.module_dict.get({ablation.PRIVATE_NAME!r}))\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == 'None', out.stdout + out.stderr
     from mmengine.registry import OPTIMIZERS
 
     import mmfame
+    importlib.import_module('mmfame.experiments.register_ablation')
     assert OPTIMIZERS.get(ablation.PRIVATE_NAME) is ablation.CascadeAdam
     assert ablation.PRIVATE_NAME.startswith('_')
     assert 'CascadeAdam' not in mmfame.__all__ and not hasattr(mmfame, 'CascadeAdam')
@@ -238,7 +247,8 @@ def test_child_configs_replace_only_the_optimizer(seg_children):
         assert cfg.train_dataloader.dataset.data_root == '/data/x/'
         assert cfg.train_dataloader.dataset.pipeline == base.train_dataloader.dataset.pipeline
         private = opt['type'] == ablation.PRIVATE_NAME
-        assert cfg.custom_imports.imports == ['mmfame'] + ['mmfame.experiments.ablation'] * private
+        assert cfg.custom_imports.imports == (['mmfame']
+                                              + ['mmfame.experiments.register_ablation'] * private)
     assert ex.run_name('tema') == ex.run_name('fame') == 'fame'
 
 

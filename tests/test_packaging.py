@@ -108,3 +108,22 @@ def test_installed_metadata_asks_for_mmengine_only_under_an_extra():
     assert ('mmfame[mmengine]', 'extra == "openmmlab"') in [
         (spec.replace(' ', ''), marker.replace("'", '"'))
         for name, spec, marker in reqs if name == 'mmfame'], reqs
+
+
+def test_the_wheel_ships_the_package_without_the_experiment_engine(tmp_path):
+    """mmfame.experiments runs a checkout's tools/ and configs/: it stays out of the wheel."""
+    import shutil
+    import zipfile
+    src = tmp_path / 'src'
+    src.mkdir()
+    for name in ('pyproject.toml', 'README.md'):
+        shutil.copy(osp.join(REPO, name), src / name)
+    shutil.copytree(osp.join(REPO, 'mmfame'), src / 'mmfame',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+                    '--no-build-isolation', '-w', str(tmp_path / 'dist'), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    names = zipfile.ZipFile(next((tmp_path / 'dist').glob('*.whl'))).namelist()
+    assert 'mmfame/optim/fame.py' in names and 'mmfame/optim/csrc/fame_cpu.c' in names
+    assert 'mmfame/engine/registry.py' in names
+    assert not [n for n in names if n.startswith('mmfame/experiments')]

@@ -1,9 +1,10 @@
 """Ablation optimizers for experiments: Adam with a k-fold cascaded-EMA first moment.
 
 DEMA (k=2) and QEMA (k=4) next to FAME's TEMA (k=3), for the estimator ablations of
-``tools/analysis_tools/compare_optimizers.py`` and ``lag_demo.py``. Not part of mmfame's API:
-importing this module registers :class:`CascadeAdam` in mmengine's root ``OPTIMIZERS`` under the
-private name ``_AnalysisCascadeAdam`` (child configs import it through ``custom_imports``).
+``tools/analysis_tools/compare_optimizers.py`` and ``lag_demo.py``. Not part of mmfame's API, and
+importing it registers nothing: child configs that train with it import
+:mod:`.register_ablation` (``custom_imports``), which registers :class:`CascadeAdam` in mmengine's
+root ``OPTIMIZERS`` under the private name ``_AnalysisCascadeAdam``.
 """
 import math
 from typing import List
@@ -85,14 +86,3 @@ class CascadeAdam(Optimizer):
                 denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
                 p.addcdiv_(first, denom, value=-lr / (1 - beta1**t))
         return loss
-
-
-def _register() -> None:
-    try:
-        from mmengine.registry import OPTIMIZERS
-    except ImportError:  # plain-PyTorch use (e.g. lag_demo without mmengine)
-        return
-    OPTIMIZERS.register_module(name=PRIVATE_NAME, module=CascadeAdam, force=True)
-
-
-_register()

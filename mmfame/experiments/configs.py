@@ -225,7 +225,7 @@ def child_config_text(base: str, base_cfg, optimizer: Optional[dict] = None,
              f'_base_ = {base!r}', '']
     if imports:
         names = list(base_cfg.get('custom_imports', {}).get('imports', []) or [])
-        wanted = ['mmfame'] + (['mmfame.experiments.ablation']
+        wanted = ['mmfame'] + (['mmfame.experiments.register_ablation']
                                if optimizer and optimizer.get('type') == PRIVATE_NAME else [])
         names += [m for m in wanted if m not in names]
         lines.append(f'custom_imports = dict(imports={names!r}, allow_failed_imports=False)')
