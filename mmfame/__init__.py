@@ -2,7 +2,7 @@
 
 ``mmfame.FAME`` needs torch only. With mmengine installed (``pip install "mmfame[mmengine]"``),
 importing mmfame also registers ``type='FAME'`` and ``FAMEOptimWrapperConstructor`` in mmengine's
-root registries and the checkpoint allowlist (:mod:`mmfame.engine`).
+root registries and makes the changes to mmengine and torch listed in :mod:`mmfame.engine.patches`.
 """
 from .optim import FAME
 from .optim.fame import fame
@@ -17,14 +17,12 @@ except ModuleNotFoundError as e:
 __version__ = '0.1.0'
 
 if mmengine is not None:
-    from .engine import (FAMEOptimWrapperConstructor, register_all,
-                         register_checkpoint_safe_globals)
+    from .engine import FAMEOptimWrapperConstructor, patches, register_all
 
     register_all()
-    # Any process that imports mmfame (custom_imports=['mmfame'] in a config: upstream mmdet/mmseg
-    # tools/train.py and test.py, `mim train/test`) loads Runner checkpoints under torch >= 2.6's
-    # weights_only default through mmfame's narrow allowlist.
-    register_checkpoint_safe_globals()
+    # What upstream tools, `mim` and ZeRO/FSDP runs need of mmengine and torch, listed (and
+    # applied only where needed) in mmfame.engine.patches.
+    patches.apply()
     __all__ = ['FAME', 'FAMEOptimWrapperConstructor', 'fame', '__version__']
 else:
     __all__ = ['FAME', 'fame', '__version__']

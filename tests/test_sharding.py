@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from e2e import (REPO, N, dist_train, rank_config, rank_reports,  # noqa: E402
                  run_outside_triton_interpreter)

@@ -17,8 +17,9 @@ those marked ``smoke`` run on every tested stack.
   ``tools/slurm_train.sh`` on a real two-node Slurm (slurmctld, a slurmd per node on its own
   loopback address, munge; started by tests/slurm/start.sh as root, which installs them only
   under CI=true) trains the same 2 ranks, on one node or across both, to the very same weights;
-* mmfame.engine: checkpoints load with ``torch.load(weights_only=True)`` after
-  ``register_checkpoint_safe_globals`` (and not before), the CPU adaptations are no-ops with CUDA.
+* mmfame.engine: checkpoints load with ``torch.load(weights_only=True)`` inside mmengine's
+  checkpoint loading once mmfame is imported, and anywhere after
+  ``register_checkpoint_safe_globals`` (and not before); the CPU adaptations are no-ops with CUDA.
 """
 import copy
 import glob
@@ -763,6 +764,15 @@ except pickle.UnpicklingError as e:
     print('BEFORE: fails:', [l for l in str(e).splitlines() if 'Unsupported global' in l])
 else:
     print('BEFORE: loads')
+import mmfame  # allowlists inside mmengine's checkpoint loading only
+try:
+    torch.load(path, map_location='cpu', weights_only=True)
+    print('IMPORTED: torch.load loads')
+except pickle.UnpicklingError:
+    print('IMPORTED: torch.load fails')
+from mmengine.runner.checkpoint import _load_checkpoint
+hub = _load_checkpoint(path, map_location='cpu')['message_hub']['log_scalars']
+print('MMENGINE: loads', type(hub['train/loss']).__name__)
 from mmfame.engine import register_checkpoint_safe_globals
 assert register_checkpoint_safe_globals()
 ckpt = torch.load(path, map_location='cpu', weights_only=True)
@@ -803,6 +813,8 @@ def test_runner_checkpoint_loads_weights_only(det_run):
     assert proc.returncode == 0, proc.stdout[-4000:]
     out = proc.stdout
     assert 'BEFORE: fails' in out, out
+    assert 'IMPORTED: torch.load fails' in out, out  # no process-wide allowlist
+    assert 'MMENGINE: loads HistoryBuffer' in out, out
     assert 'AFTER: loads HistoryBuffer' in out, out
     assert 'OTHER Namespace refused' in out, out
     assert 'OTHER getattr refused' in out, out  # `print` is not allowlisted
@@ -849,7 +861,7 @@ def test_cpu_compat_config_rewrite(monkeypatch):
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.model_wrapper_cfg == dict(type=CPU_DDP_TYPE, broadcast_buffers=False,
                                          find_unused_parameters=True)
-    assert all(getattr(fn, '_mmfame_cpu_wrapped', False)
+    assert all(getattr(fn, '_mmfame_patch', None)
                for fn in _dist_utils_functions().values())
 
     cfg = _launcher_cfg('slurm', model_wrapper_cfg=dict(type='MMDistributedDataParallel',

@@ -5,9 +5,11 @@ the hook that checkpoints on a cluster's stop signal, checkpoint files written a
 the runner a config asks for.
 
 Its modules change nothing when imported: ``import mmfame`` calls :func:`register_all` and
-:func:`register_checkpoint_safe_globals`, tools/train.py and tools/test.py the dist helpers.
+:func:`patches.apply` (every change to another library is listed in :mod:`.patches`),
+tools/train.py and tools/test.py the dist helpers.
 """
-from .checkpoint import (checkpoint_safe_globals, history_buffer_getattr,
+from . import patches
+from .checkpoint import (checkpoint_allowlist, checkpoint_safe_globals, history_buffer_getattr,
                          register_checkpoint_safe_globals)
 from .dist import (CPU_DDP_TYPE, CPU_FSDP_TYPE, MMFameCPUDDP, MMFameCPUFSDP, cuda_available,
                    finalize_distributed, patch_init_dist_for_cpu, setup_cpu_distributed)
@@ -20,7 +22,8 @@ from .runners import build_runner
 
 __all__ = [
     'FAMEOptimWrapperConstructor', 'register_all',
-    'checkpoint_safe_globals', 'history_buffer_getattr', 'register_checkpoint_safe_globals',
+    'checkpoint_allowlist', 'checkpoint_safe_globals', 'history_buffer_getattr',
+    'register_checkpoint_safe_globals', 'patches',
     'CPU_DDP_TYPE', 'CPU_FSDP_TYPE', 'MMFameCPUDDP', 'MMFameCPUFSDP',
     'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed',
     'resume_checkpoint', 'unreadable_reason', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',

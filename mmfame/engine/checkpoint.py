@@ -20,6 +20,7 @@ methods. So :func:`checkpoint_safe_globals` binds those pickle names to stand-in
 Anything else raises :class:`pickle.UnpicklingError`; all other globals stay refused. numpy 1.x
 (``numpy.core.multiarray``) and 2.x (``numpy._core.multiarray``) pickles load under either numpy.
 """
+import contextlib
 import math
 import pickle
 import reprlib
@@ -32,7 +33,8 @@ from mmengine.logging.history_buffer import HistoryBuffer
 
 from ..optim._compat import TORCH_VERSION
 
-__all__ = ['checkpoint_safe_globals', 'register_checkpoint_safe_globals', 'history_buffer_getattr']
+__all__ = ['checkpoint_allowlist', 'checkpoint_safe_globals', 'register_checkpoint_safe_globals',
+           'history_buffer_getattr']
 
 # The dtypes numpy data in a Runner checkpoint has: MessageHub turns logged values into Python
 # scalars, which numpy stores as float64, int64 (int32 on Windows with numpy 1.x) or bool, and
@@ -187,10 +189,21 @@ def checkpoint_safe_globals() -> List[Tuple[Any, str]]:
     return safe
 
 
-def register_checkpoint_safe_globals() -> bool:
-    """Allowlist :func:`checkpoint_safe_globals` for ``torch.load(weights_only=True)``.
+@contextlib.contextmanager
+def checkpoint_allowlist():
+    """:func:`checkpoint_safe_globals` allowlisted for ``torch.load(weights_only=True)`` inside
+    the block only (mmfame wraps mmengine's checkpoint loading in it); nothing on torch < 2.6."""
+    if TORCH_VERSION < (2, 6):
+        yield
+        return
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        yield
 
-    Idempotent. Returns False, doing nothing, on torch < 2.6, which takes no ``(obj, name)`` pairs
+
+def register_checkpoint_safe_globals() -> bool:
+    """Allowlist :func:`checkpoint_safe_globals` for every ``torch.load(weights_only=True)`` of
+    this process (``import mmfame`` does not: it allowlists them inside mmengine's checkpoint
+    loading only, :mod:`mmfame.engine.patches`). Idempotent. Returns False, doing nothing, on torch < 2.6, which takes no ``(obj, name)`` pairs
     and does not default to ``weights_only=True``.
     """
     if TORCH_VERSION < (2, 6):

@@ -9,7 +9,7 @@ nothing else:
 2. ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device(local_rank)`` unconditionally for the
    pytorch, slurm and mpi launchers (a CPU torch raises there). Its private launcher functions
    ``_init_dist_{pytorch,slurm,mpi}`` are wrapped so that ``torch.cuda.set_device`` is a no-op
-   *while they run*; everything else they do (RANK/WORLD_SIZE/LOCAL_RANK, and for slurm
+   *while they run* (:func:`mmfame.engine.patches.patch_init_dist_for_cpu`); everything else they do (RANK/WORLD_SIZE/LOCAL_RANK, and for slurm
    MASTER_ADDR from ``scontrol show hostname $SLURM_NODELIST`` and MASTER_PORT) is upstream's.
 3. ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to ``MMDistributedDataParallel``, which
    DDP refuses for a CPU module: ``model_wrapper_cfg`` is pointed at ``MMFameCPUDDP``, a builder
@@ -31,12 +31,13 @@ of a CPU run (gloo otherwise aborts sporadically when one rank exits first).
 With CUDA available, or with ``launcher='none'``, every function here returns without changing
 anything: GPU runs behave exactly as upstream's tools.
 """
-import functools
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
 from mmfame.optim._compat import TORCH_VERSION
+
+from . import patches
 
 __all__ = [
     'cuda_available', 'setup_cpu_distributed', 'patch_init_dist_for_cpu',
@@ -93,38 +94,13 @@ def _register_wrappers() -> None:
             MODEL_WRAPPERS.register_module(name=name, module=builder)
 
 
-def _noop_set_device(device: Any) -> None:
-    return None
-
-
-def _without_cuda_set_device(fn):
-    """Wrap an mmengine launcher function: ``torch.cuda.set_device`` is a no-op during the call."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        original = torch.cuda.set_device
-        torch.cuda.set_device = _noop_set_device
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.cuda.set_device = original
-
-    wrapper._mmfame_cpu_wrapped = True  # type: ignore[attr-defined]
-    return wrapper
-
-
 def patch_init_dist_for_cpu() -> bool:
-    """Make ``mmengine.dist.init_dist`` work without CUDA (see module docstring, item 2).
-
-    Only acts when CUDA is unavailable; idempotent. Returns whether the patch is in place.
-    """
+    """Make ``mmengine.dist.init_dist`` work without CUDA (item 2 above; the change is listed in
+    :mod:`mmfame.engine.patches`). Only acts when CUDA is unavailable; idempotent. Returns
+    whether the patch is in place."""
     if cuda_available():
         return False
-    from mmengine.dist import utils as dist_utils
-    for name in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi'):
-        fn = getattr(dist_utils, name, None)
-        if fn is not None and not getattr(fn, '_mmfame_cpu_wrapped', False):
-            setattr(dist_utils, name, _without_cuda_set_device(fn))
+    patches.init_dist_without_cuda_set_device()
     return True
 
 

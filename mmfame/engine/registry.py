@@ -3,21 +3,16 @@ finds them.
 
 mmdet/mmseg/mmpretrain registries are children of the root: ``type='FAME'`` resolves under any
 ``default_scope`` (to :func:`build_fame`: FAME, after naming the fix for an unknown argument).
-``torch.optim.FAME`` is set too, where mmengine's
-``ZeroRedundancyOptimizer`` looks ``optimizer_type`` up, and runners with a ZeRO optimizer get
-the hook that lets them checkpoint. Registration is idempotent (repeated
-imports, pytest collection) and never overrides another package's ``FAME``.
+Registration is idempotent (repeated imports, pytest collection) and never overrides another
+package's ``FAME``; what mmfame changes in other libraries is in :mod:`mmfame.engine.patches`.
 """
 from mmengine.fileio.backends import backends, register_backend
 from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS, Registry
 
-from mmfame.optim import FAME
-
 from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
 from .optimizers import FAMEOptimWrapperConstructor, build_fame
 from .preemption import PreemptionHook
-from .sharding import (ZeroCheckpointHook, expose_in_torch_optim, patch_fsdp_resume,
-                       patch_runners_for_zero)
+from .sharding import ZeroCheckpointHook
 
 
 def register(registry: Registry, name: str, module) -> None:
@@ -34,14 +29,10 @@ def register(registry: Registry, name: str, module) -> None:
 
 def register_all() -> None:
     register(OPTIMIZERS, 'FAME', build_fame)  # FAME, with the unknown-argument check
-    # mmengine's ZeroRedundancyOptimizer finds optimizer_type='FAME' only in torch.optim.
-    expose_in_torch_optim('FAME', FAME)
     register(HOOKS, 'ZeroCheckpointHook', ZeroCheckpointHook)
     register(HOOKS, 'PreemptionHook', PreemptionHook)
     existing = backends.get(ATOMIC_BACKEND)
     if existing is None or existing.__qualname__ == AtomicLocalBackend.__qualname__:
         register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
-    patch_runners_for_zero()  # rank-0 checkpoints of ZeRO hang without that hook
-    patch_fsdp_resume()
     register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
              FAMEOptimWrapperConstructor)

@@ -2,19 +2,19 @@
 
 * ZeRO-1 (``optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...)``, the form
   configs write for AdamW): mmengine's wrapper resolves ``optimizer_type`` with
-  ``getattr(torch.optim, optimizer_type)`` only, so :func:`expose_in_torch_optim` makes FAME an
-  attribute of ``torch.optim`` (never replacing another). :func:`check_zero_cfg` names the fix for
+  ``getattr(torch.optim, optimizer_type)`` only, so FAME is made an attribute of ``torch.optim``
+  (:mod:`mmfame.engine.patches`). :func:`check_zero_cfg` names the fix for
   an ``optimizer_type`` that cannot resolve, at build time. mmengine saves checkpoints on rank 0
   only, but gathering the shards (``consolidate_state_dict``) needs every rank: without
-  :class:`ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs, so
-  :func:`patch_runners_for_zero` gives that hook to every runner whose optimizer is ZeRO.
+  :class:`ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs, so every runner whose
+  optimizer is ZeRO gets that hook (:mod:`mmfame.engine.patches`).
 * FSDP (``FlexibleRunner`` + ``FSDPStrategy``): the optimizer is built on the wrapped model. With
   ``use_orig_params=False`` it sees flat parameters that no ``paramwise_cfg`` rule can tell apart,
   and mmengine's gradient clipping by norm would take each rank's norm of its own shard:
   :func:`check_fsdp_model` refuses the first and :func:`fsdp_clip_func` clips by the global norm.
   mmengine 0.10's ``FSDPStrategy.load_optim_state_dict`` passes its arguments in torch 2.0's order,
-  which torch >= 2.1 reads as ``(model, optim, optim_state_dict)``: every resume fails.
-  :func:`patch_fsdp_resume` passes them by name.
+  which torch >= 2.1 reads as ``(model, optim, optim_state_dict)``: every resume fails;
+  :mod:`mmfame.engine.patches` passes them by name.
 """
 import difflib
 import functools
@@ -26,21 +26,6 @@ from mmengine.hooks import Hook
 
 ZERO_TYPES = ('ZeroRedundancyOptimizer', 'mmengine.ZeroRedundancyOptimizer')
 _USE_ORIG = "model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True)"
-
-
-def expose_in_torch_optim(name: str, cls: type) -> None:
-    """``torch.optim.<name> = cls`` for mmengine's ZeRO wrapper; idempotent, never overrides.
-
-    Call it after ``mmengine.optim`` is imported: mmengine registers every ``torch.optim``
-    attribute when that module is first imported, and ``cls`` is registered by mmfame itself.
-    """
-    existing = getattr(torch.optim, name, None)
-    if existing is None or (existing.__module__, existing.__qualname__) == (
-            cls.__module__, cls.__qualname__):
-        setattr(torch.optim, name, cls)
-    else:
-        raise KeyError(f'torch.optim.{name} already exists ({existing.__module__}); mmfame '
-                       'will not override it')
 
 
 def zero_inner_type(optimizer_cfg: dict) -> Optional[str]:
@@ -161,47 +146,3 @@ def asks_for_zero(optim_wrapper) -> bool:
         return kind in ZERO_TYPES or (isinstance(kind, type)
                                       and issubclass(kind, ZeroRedundancyOptimizer))
     return isinstance(optimizer, ZeroRedundancyOptimizer)
-
-
-def patch_runners_for_zero() -> None:
-    """Register :class:`ZeroCheckpointHook` on every ``Runner``/``FlexibleRunner`` whose
-    optimizer is ZeRO-1 and whose config does not list the hook already."""
-    if not torch.distributed.is_available():
-        return
-    from mmengine.runner import FlexibleRunner, Runner
-    for runner_cls in (Runner, FlexibleRunner):
-        if getattr(runner_cls.register_hooks, '_mmfame', False):
-            continue
-
-        def register_hooks(self, default_hooks=None, custom_hooks=None,
-                           _register_hooks=runner_cls.register_hooks):
-            _register_hooks(self, default_hooks, custom_hooks)
-            if asks_for_zero(self.optim_wrapper) and not any(
-                    isinstance(hook, ZeroCheckpointHook) for hook in self.hooks):
-                self.register_hook(ZeroCheckpointHook())
-
-        register_hooks = functools.wraps(runner_cls.register_hooks)(register_hooks)
-        register_hooks._mmfame = True  # type: ignore[attr-defined]
-        runner_cls.register_hooks = register_hooks
-
-
-def patch_fsdp_resume() -> None:
-    """Make mmengine's ``FSDPStrategy`` resume on torch >= 2.1 (see the module docstring)."""
-    try:
-        import inspect
-
-        from mmengine._strategy import FSDPStrategy
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    except ImportError:
-        return
-    if list(inspect.signature(FSDP.optim_state_dict_to_load).parameters)[:1] != ['model'] or \
-            getattr(FSDPStrategy.load_optim_state_dict, '_mmfame', False):
-        return
-
-    def load_optim_state_dict(self, state_dict: dict) -> None:
-        optim_state_dict = FSDP.optim_state_dict_to_load(
-            model=self.model, optim=self.optim_wrapper.optimizer, optim_state_dict=state_dict)
-        self.optim_wrapper.load_state_dict(optim_state_dict)
-
-    load_optim_state_dict._mmfame = True  # type: ignore[attr-defined]
-    FSDPStrategy.load_optim_state_dict = load_optim_state_dict

@@ -1,0 +1,76 @@
+"""``import mmfame`` changes in other libraries exactly what mmfame.engine.patches lists and
+applies: every attribute of torch's and mmengine's modules and classes is compared before and
+after the import, in a fresh interpreter; the checkpoint allowlist holds only inside mmengine's
+checkpoint loading."""
+import json
+import subprocess
+import sys
+
+SNAPSHOT = r'''
+import inspect, json, sys
+import numpy, torch, torch.optim, torch.serialization
+import torch.distributed.optim, torch.distributed.fsdp
+import mmengine.dist.utils, mmengine.fileio, mmengine.hooks, mmengine.optim, mmengine.runner
+import mmengine.runner.checkpoint, mmengine._strategy
+
+def snapshot():
+    seen = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(('torch', 'mmengine')):
+            continue
+        for attr, value in list(vars(module).items()):
+            if inspect.ismodule(value):
+                continue  # a submodule imported since: not a change to the package
+            seen[f'{name}.{attr}'] = id(value)
+            if inspect.isclass(value) and value.__module__ == name:
+                for key, member in list(vars(value).items()):
+                    seen[f'{value.__qualname__}.{key}'] = id(member)
+    return seen
+
+def mmfame_safe_globals():
+    if not hasattr(torch.serialization, 'get_safe_globals'):  # torch < 2.4
+        return []
+    return [str(g) for g in torch.serialization.get_safe_globals()
+            if 'mmfame' in getattr(g[0] if isinstance(g, tuple) else g, '__module__', '')]
+
+before = snapshot()
+import mmfame
+from mmfame.engine import checkpoint_allowlist, patches
+after = snapshot()
+changed = sorted(k for k in after if k in before and before[k] != after[k])
+added = sorted(k for k in after if k not in before and not k.startswith('mmfame'))
+with checkpoint_allowlist():
+    inside = mmfame_safe_globals()
+print(json.dumps(dict(changed=changed, added=added, applied=patches.apply(),
+                      listed=[p.target for p in patches.PATCHES],
+                      safe_globals=mmfame_safe_globals(), inside=len(inside))))
+'''
+
+
+def test_import_changes_exactly_what_the_patch_module_lists():
+    out = subprocess.run([sys.executable, '-c', SNAPSHOT], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    applied, listed = result['applied'], result['listed']
+    assert applied and set(applied) <= set(listed)
+    # each changed or added attribute is a patch that was applied, and each patch changed one
+    touched = result['changed'] + result['added']
+    for key in touched:
+        assert any(target == key or target.endswith('.' + key) for target in applied), key
+    for target in applied:
+        assert any(target == key or target.endswith('.' + key) for key in touched), target
+    # no process-wide allowlist: torch.load elsewhere in the process is as torch ships it
+    assert result['safe_globals'] == []
+    from mmfame.optim._compat import TORCH_VERSION
+    assert result['inside'] == (9 if TORCH_VERSION >= (2, 6) else 0)
+
+
+def test_every_patch_says_why_which_versions_and_its_test():
+    from mmfame.engine import patches
+    for patch in patches.PATCHES:
+        assert patch.why and patch.needed_by and patch.test.startswith('tests/'), patch
+        path, name = patch.test.split('::')
+        with open(path if path.startswith('/') else __file__.rsplit('/tests/', 1)[0] + '/'
+                  + path) as f:
+            assert f'def {name}(' in f.read(), patch.test
