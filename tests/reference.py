@@ -1,4 +1,5 @@
-"""A float64 FAME written line by line from docs/../shared fame-spec.md, for the tests to trust."""
+"""A float64 FAME written line by line from the update in the paper (arXiv 2306.01423) and
+FAME's docstring (mmfame/optim/fame.py), for the tests to trust."""
 import math
 
 import torch

@@ -1,4 +1,4 @@
-"""FAME against a float64 reference, across implementations and configurations (checklist A-C)."""
+"""FAME against a float64 reference, across implementations and configurations."""
 import copy
 import inspect
 import math

@@ -1,4 +1,4 @@
-"""state_dict, AMP, hooks and copying (checklist D-F)."""
+"""state_dict, AMP, hooks and copying."""
 import copy
 import io
 

@@ -1,5 +1,4 @@
-"""FAME inside mmengine: registries and scopes, OptimWrapper features, schedulers, resume
-(optimizer checklist, section G)."""
+"""FAME inside mmengine: registries and scopes, OptimWrapper features, schedulers, resume."""
 import importlib
 import io
 import subprocess

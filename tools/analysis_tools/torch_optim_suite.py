@@ -9,7 +9,7 @@ only those run. Needs ``pip install expecttest``.
     python tools/analysis_tools/torch_optim_suite.py PATH/test/test_optim.py [PYTEST ARGS]
 
 FAME's error inputs are torch's for every optimizer and Adam's range errors, less FAME's
-deliberate departures (README, "Plain PyTorch"): a parameter listed twice in a group is an error,
+deliberate departures (docs/pytorch.md): a parameter listed twice in a group is an error,
 where torch warns; a Tensor lr works with foreach (Adam refuses it without capturable); betas are
 numbers, not tensors. FAME has no ``capturable`` or ``differentiable`` argument (its fused kernel
 reads the step count on the device without one), so those inputs and tests do not apply.
