@@ -387,3 +387,16 @@ def test_the_fused_launch_configuration_changes_no_result(device):
         grids.append([tables.grid for plan in opt.plans.values() for tables in plan.tables])
     assert grids[0] != grids[1]  # the smaller chunks took more programs
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_settings_are_defined_once():
+    """docs/results.md's settings table is the registry's; FAME's decays come from FAME."""
+    from mmfame.optim.fame import DEFAULTS
+    with open(osp.join(REPO, 'docs', 'results.md')) as f:
+        text = f.read()
+    table = text.split('<!-- settings-table:start -->\n')[1].split('<!-- settings-table:end -->')[0]
+    assert table == ex.settings_table()
+    decays = (DEFAULTS['beta3'], DEFAULTS['beta4'])
+    assert ex.optimizer_cfg('fame-full', {})['sq_betas'] == decays
+    assert ex.optimizer_cfg('qema', {})['decays'] == (*decays, decays[1])
+    assert set(ex.DOC_SETTINGS) == set(ex.SETTINGS)

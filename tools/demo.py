@@ -97,7 +97,7 @@ def result(work_dir, run, task):
         metrics = runs.evaluate(work_dir, run)
     with open(osp.join(d, 'done.json')) as f:
         done = json.load(f)
-    train = [r for r in logs.all_scalars(d) if 'loss' in r and 'iter' in r]
+    train = logs.training_records(logs.all_scalars(d))
     r = dict(config=run.config, setting=run.setting, run_dir=d, metric_key=key,
              metric=float(metrics.get(key, 0.0)), test_metrics=metrics,
              iterations=done['last_iter'], train_seconds=done['seconds'],

@@ -18,11 +18,11 @@ those whose launch is gone. It waits for the runs it started (run it under ``noh
 login node); SIGTERM to it stops its jobs with a checkpoint. ``--retries K`` relaunches a run that
 was preempted or stopped after making progress up to K times; one that failed without a new
 checkpoint is reported with its log, not retried. Configs are groups (``coco``,
-``ade20k``, ``demo``), config names or paths, or globs (``'*retinanet*'``). Settings:
-``fame`` (the shipped config as it is), ``baseline`` (its ``mmdet::``/``mmseg::`` base unchanged),
-``adamw`` (AdamW with the FAME config's lr, betas, eps, weight decay and schedule), ``fame-full``
-(``sq_betas=(0.3, 0.7)``), ``fame-authors`` (eps 1e-5, coupled L2 decay) and the ablation settings of
-``mmfame.experiments.configs``. Epoch-based configs keep their schedule; ``--quick N`` makes every
+``ade20k``, ``demo``), config names or paths, or globs (``'*retinanet*'``). Settings are
+``mmfame.experiments.configs.SETTINGS`` (``--help`` lists them): ``fame`` is the shipped config
+as it is, ``baseline`` its ``mmdet::``/``mmseg::`` base unchanged, the others replace the
+optimizer keeping the config's lr, betas, eps, weight decay and schedule. Epoch-based configs
+keep their schedule; ``--quick N`` makes every
 run N iterations long (a smoke run, checkpoints every N/4).
 """
 import argparse

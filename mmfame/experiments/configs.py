@@ -2,34 +2,19 @@
 the small child config each run is written as (its base config with only the optimizer, the budget
 and the data root replaced).
 
-Settings. ``lr``, weight decay, betas and eps come from the config's own optimizer unless a setting
-overrides them (``NAME:key=value``, values are Python literals):
-
-=============  ==============================================================================
-``fame``       FAME, its defaults (beta3=0.3, beta4=0.7), decoupled weight decay
-``fame-full``  FAME with the TEMA cascade on the second moment too, ``sq_betas=(0.3, 0.7)``
-``fame-authors``  FAME as its authors' code (2024) runs it: eps 1e-5 and the weight decay as
-               coupled L2 (added to the gradient), beta3=0.3, beta4=0.7; lr and the decay's
-               value are the config's (theirs varied by task: ``fame-authors:weight_decay=...``)
-``adamw``      torch AdamW
-``adam``       torch Adam; the config's weight decay is applied as L2 (added to the gradient)
-``sgd``        torch SGD, momentum 0.9, its own lr and L2 weight decay
-``ema``        FAME with beta3 = beta4 = 0 (first moment = m1: exactly AdamW)
-``dema``       2*m1 - m2, m2 = EMA(m1) with decay 0.3 (FAME's beta3)   [ablation optimizer]
-``tema``       = ``fame`` (3*m1 - 3*m2 + m3); shares the ``fame`` runs
-``qema``       4*m1 - 6*m2 + 4*m3 - m4, cascade decays (0.3, 0.7, 0.7)   [ablation optimizer]
-``baseline``   the shipped config's upstream ``mmdet::``/``mmseg::`` base, unchanged
-=============  ==============================================================================
-
-The QEMA decays are this project's choice (FAME's cascade plus one more EMA with its last decay):
-no source gives them.
+Settings (:data:`SETTINGS`, the one place they are defined; ``docs/results.md``'s table is
+:func:`settings_table`): ``lr``, weight decay, betas and eps come from the config's own optimizer
+unless a setting overrides them (``NAME:key=value``, values are Python literals); FAME's own
+decays are read from :class:`mmfame.FAME`'s defaults.
 """
 import ast
 import difflib
 import fnmatch
 import glob
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence
+
+from mmfame.optim.fame import DEFAULTS as FAME_DEFAULTS
 
 from .ablation import PRIVATE_NAME
 
@@ -39,19 +24,50 @@ GROUPS = {  # name -> glob of shipped configs (the demo group: the FAME configs,
     'ade20k': 'configs/ade20k/*.py',
     'demo': 'configs/demo/*_fame_*.py',
 }
-DOC_SETTINGS = {
-    'fame': 'FAME (beta3=0.3, beta4=0.7), decoupled wd',
-    'fame-full': 'FAME + TEMA on v, sq_betas=(0.3, 0.7)',
-    'fame-authors': "FAME as the authors' code runs it: eps 1e-5, L2 wd",
-    'adamw': 'torch AdamW',
-    'adam': 'torch Adam, wd as L2',
-    'sgd': 'torch SGD, momentum 0.9, L2 wd',
-    'ema': 'FAME beta3=beta4=0 (= AdamW)',
-    'dema': '2m1-m2, decay 0.3 (ablation)',
-    'tema': '3m1-3m2+m3 (= fame)',
-    'qema': '4m1-6m2+4m3-m4, decays (0.3,0.7,0.7) (ablation)',
-    'baseline': 'the upstream config, unchanged',
+B3, B4 = FAME_DEFAULTS['beta3'], FAME_DEFAULTS['beta4']
+
+
+class Setting(NamedTuple):
+    short: str  # the description in result tables
+    doc: str  # the settings table's (docs/results.md)
+    optimizer: Optional[Callable[[dict], dict]]  # the config's lr/betas/eps/wd -> optimizer dict
+
+
+SETTINGS = {
+    'fame': Setting(f'FAME (beta3={B3}, beta4={B4}), decoupled wd',
+                    f'FAME defaults: beta3 = {B3}, beta4 = {B4}, decoupled weight decay; lr, betas '
+                    'and wd from the config', lambda c: dict(type='FAME', **c)),
+    'fame-full': Setting(f'FAME + TEMA on v, sq_betas=({B3}, {B4})',
+                         f'FAME with `sq_betas=({B3}, {B4})` (TEMA cascade on the second moment '
+                         'too)', lambda c: dict(type='FAME', **c, sq_betas=(B3, B4))),
+    'fame-authors': Setting("FAME as the authors' code runs it: eps 1e-5, L2 wd",
+                            "FAME as its authors' code (2024) runs it: eps 1e-5, the weight decay "
+                            f'as coupled L2, beta3 = {B3}, beta4 = {B4}; lr and the decay\'s value '
+                            'are the config\'s', lambda c: dict(type='FAME', **dict(c, eps=1e-5),
+                                                               beta3=B3, beta4=B4,
+                                                               decoupled_weight_decay=False)),
+    'adamw': Setting('torch AdamW', '`torch.optim.AdamW`, same lr / betas / wd',
+                     lambda c: dict(type='AdamW', **c)),
+    'adam': Setting('torch Adam, wd as L2', '`torch.optim.Adam`, same lr / betas; the config\'s '
+                    'wd applied as **L2** (coupled)', lambda c: dict(type='Adam', **c)),
+    'sgd': Setting('torch SGD, momentum 0.9, L2 wd', '`torch.optim.SGD`, lr 0.01, momentum 0.9, '
+                   'L2 wd 1e-4 (not tuned)', None),  # its own lr and decay: optimizer_cfg
+    'ema': Setting('FAME beta3=beta4=0 (= AdamW)', 'FAME with beta3 = beta4 = 0: mathematically '
+                   'AdamW, different floating-point operations',
+                   lambda c: dict(type='FAME', **c, beta3=0.0, beta4=0.0)),
+    'dema': Setting(f'2m1-m2, decay {B3} (ablation)', f'2·m1 − m2, m2 = EMA of m1 with decay {B3} '
+                    '(tool-private optimizer)',
+                    lambda c: dict(type=PRIVATE_NAME, **c, decays=(B3, ))),
+    'tema': Setting('3m1-3m2+m3 (= fame)', '= `fame` (3·m1 − 3·m2 + m3); shares its runs',
+                    lambda c: dict(type='FAME', **c)),
+    'qema': Setting(f'4m1-6m2+4m3-m4, decays ({B3},{B4},{B4}) (ablation)',
+                    f'4·m1 − 6·m2 + 4·m3 − m4, cascade decays ({B3}, {B4}, {B4}) — **this '
+                    'project\'s choice**: no source gives the talk\'s QEMA decays (tool-private '
+                    'optimizer)', lambda c: dict(type=PRIVATE_NAME, **c, decays=(B3, B4, B4))),
+    'baseline': Setting('the upstream config, unchanged', 'the shipped config\'s upstream '
+                        '`mmdet::`/`mmseg::` base, unchanged', None),
 }
+DOC_SETTINGS = {name: setting.short for name, setting in SETTINGS.items()}
 ALIASES = {'tema': 'fame'}  # same optimizer config: runs are shared
 ADAPTIVE_KEYS = ('lr', 'betas', 'eps', 'weight_decay')
 
@@ -138,24 +154,23 @@ def optimizer_cfg(spec: str, base_optimizer: dict, lr: Optional[float] = None,
     if lr is not None:
         common['lr'] = lr
     common.setdefault('lr', 1e-3)
-    kinds = {
-        'fame': dict(type='FAME', **common),
-        'tema': dict(type='FAME', **common),
-        'fame-full': dict(type='FAME', **common, sq_betas=(0.3, 0.7)),
-        'fame-authors': dict(type='FAME', **dict(common, eps=1e-5), beta3=0.3, beta4=0.7,
-                             decoupled_weight_decay=False),
-        'ema': dict(type='FAME', **common, beta3=0.0, beta4=0.0),
-        'adamw': dict(type='AdamW', **common),
-        'adam': dict(type='Adam', **common),
-        'sgd': dict(type='SGD', lr=sgd_lr, momentum=0.9, weight_decay=sgd_wd),
-        'dema': dict(type=PRIVATE_NAME, **common, decays=(0.3, )),
-        'qema': dict(type=PRIVATE_NAME, **common, decays=(0.3, 0.7, 0.7)),
-    }
-    if name not in kinds:
+    if name == 'sgd':
+        cfg = dict(type='SGD', lr=sgd_lr, momentum=0.9, weight_decay=sgd_wd)
+    elif SETTINGS[name].optimizer is None:
         raise ValueError(f'setting {name!r} does not replace the optimizer')
-    cfg = kinds[name]
+    else:
+        cfg = SETTINGS[name].optimizer(common)
     cfg.update(overrides)
     return dict(_delete_=True, **cfg)
+
+
+def settings_table() -> str:
+    """The markdown table of the settings (docs/results.md)."""
+    aliases = {target: name for name, target in ALIASES.items()}
+    rows = [f'| `{name}`' + (f' (= `{aliases[name]}`)' if name in aliases else '')
+            + f' | {setting.doc} |' for name, setting in SETTINGS.items()
+            if name not in ALIASES and name != 'baseline']
+    return '\n'.join(['| setting | optimizer |', '|---|---|', *rows]) + '\n'
 
 
 def run_name(spec: str) -> str:

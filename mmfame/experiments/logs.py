@@ -63,6 +63,20 @@ def detect_metrics(records: Sequence[dict]) -> List[str]:
     return []
 
 
+def is_training_record(record: dict) -> bool:
+    """A record a training iteration logged (validation records carry no loss)."""
+    return 'loss' in record and 'iter' in record
+
+
+def training_records(records: Sequence[dict]) -> List[dict]:
+    return [r for r in records if is_training_record(r)]
+
+
+def by_epoch(records: Sequence[dict]) -> bool:
+    """Whether the run's loop counts epochs: its training records carry ``epoch``."""
+    return any('epoch' in r for r in training_records(records))
+
+
 def metric_curve(records: Sequence[dict], key: str) -> List[list]:
     """``[[step, value], ...]`` of a validation metric; a repeated step keeps its last value.
 
@@ -70,21 +84,21 @@ def metric_curve(records: Sequence[dict], key: str) -> List[list]:
     iteration otherwise: mmdet's LoggerHook logs validation under the epoch (0 in an
     ``IterBasedTrainLoop``), so there it is the last logged training iteration if that is later.
     """
-    by_epoch = any('epoch' in r for r in records if 'loss' in r)
+    epochs = by_epoch(records)
     points, last_iter = {}, 0
     for r in records:
-        if 'loss' in r and 'iter' in r:
+        if is_training_record(r):
             last_iter = r['iter']
         if key in r:
             step = r.get('step', last_iter)
-            points[step if by_epoch else max(step, last_iter)] = r[key]
+            points[step if epochs else max(step, last_iter)] = r[key]
     return [[s, v] for s, v in sorted(points.items())]
 
 
 def summarize_run(records: Sequence[dict], metrics: Sequence[str]) -> dict:
     """Loss curve, final loss (mean of the logged losses over the last 10 % of the iterations),
     median seconds/iteration and the last value of each metric."""
-    train = [r for r in records if 'loss' in r and 'iter' in r]
+    train = training_records(records)
     iters = [r['iter'] for r in train]
     losses = [r['loss'] for r in train]
     out = dict(iters=iters, losses=losses, final_loss=None, sec_per_iter=None, metrics={})
@@ -104,7 +118,7 @@ def summarize_run(records: Sequence[dict], metrics: Sequence[str]) -> dict:
 
 def last_logged_iter(work_dir: str) -> Optional[int]:
     """The highest training iteration any start of the run logged."""
-    its = [r['iter'] for r in all_scalars(work_dir) if 'iter' in r and 'loss' in r]
+    its = [r['iter'] for r in training_records(all_scalars(work_dir))]
     return max(its) if its else None
 
 

@@ -16,7 +16,8 @@ import re
 from collections import Counter
 from typing import Dict, List, Mapping, Optional, Sequence
 
-STATES = ('pending', 'running', 'finished', 'interrupted', 'failed')  # as mmfame.experiments.runs
+from .runs import STATES
+
 PRIMARY = ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU')  # what the README and the metafiles show
 LABELS = {'coco/bbox_mAP': 'box AP', 'coco/segm_mAP': 'mask AP'}
 TASKS = {'coco/bbox_mAP': 'Object Detection', 'coco/segm_mAP': 'Instance Segmentation',

@@ -395,8 +395,8 @@ def describe(work_dir: str, run: Run) -> dict:
         config=run.config, setting=run.setting, seed=run.seed, state=st, key=run.key,
         metrics={k: done.get('metrics', {}).get(k) for k in keys} if st == 'finished' else {},
         curve={k: logs.metric_curve(records, k) for k in keys},
-        step_unit='epoch' if any('epoch' in r for r in records if 'loss' in r) else 'iter',
-        last_iter=max((r['iter'] for r in records if 'iter' in r and 'loss' in r), default=None),
+        step_unit='epoch' if logs.by_epoch(records) else 'iter',
+        last_iter=max((r['iter'] for r in logs.training_records(records)), default=None),
         checkpoint=logs.latest_checkpoint(d), work_dir=d,
         holder=describe_holder(lock) if lock else None, holder_alive=bool(lock and lock['alive']),
         log_tail=logs.tail(osp.join(d, 'launch.log')) if st in ('failed', 'interrupted') else '')

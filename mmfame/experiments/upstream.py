@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from mmfame.optim._core import MOMENT_KEYS, STATE_BYTES
+
 from .configs import REPO
 
 MEMORY_KEYS = ('Training Memory (GB)', 'Memory (GB)')  # mmdet's, mmseg's
@@ -29,7 +31,7 @@ TIME_KEY = 'training time (s/iter)'  # compared lower-case; no installed metafil
 # (0.9 % high).
 TRAIN_IMAGES = {'instances_train2017.json': 118_287}
 GPUS_RE = re.compile(r'_(\d+)xb(\d+)-')  # mmengine's {N}xb{B}: N GPUs, batch B per GPU
-FAME_EXTRA_STATE = 8  # bytes/param: FAME's 4 fp32 state tensors against AdamW's 2
+FAME_EXTRA_STATE = STATE_BYTES['FAME'] - STATE_BYTES['AdamW']  # bytes/param
 
 
 def _base_value(path: str):
@@ -201,7 +203,8 @@ def cost_markdown(rows: Sequence[dict]) -> str:
            '(`tools/reproduce.py cost --measured WORK_DIR`), GPU-hours = s/iter x iterations x '
            'GPUs' if measured else ', so no GPU-hours without `--measured WORK_DIR`')
         + f'. A FAME run keeps {FAME_EXTRA_STATE} bytes/param more optimizer state than AdamW '
-        '(4 fp32 tensors per param, exp_avg, exp_avg_2, exp_avg_3, exp_avg_sq: 16 B/param '
-        'against 8). Epoch-based COCO iterations count the full train2017 split (118,287 '
-        'images; 117,266 after filter_empty_gt).')]
+        f'({len(MOMENT_KEYS)} fp32 tensors per param, {", ".join(MOMENT_KEYS)}: '
+        f"{STATE_BYTES['FAME']} B/param against {STATE_BYTES['AdamW']}). Epoch-based COCO "
+        'iterations count the full train2017 split (118,287 images; 117,266 after '
+        'filter_empty_gt).')]
     return '\n'.join(lines) + '\n'

@@ -15,6 +15,9 @@ FULL_KEYS = ('exp_avg_sq_2', 'exp_avg_sq_3')  # full FAME: the TEMA cascade on v
 TENSOR_KEYS = (*MOMENT_KEYS, AMSGRAD_KEY, *FULL_KEYS)
 
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Optimizer state per fp32 parameter, in bytes: FAME's moments, and AdamW's two for comparison.
+STATE_BYTES = {'FAME': 4 * len(MOMENT_KEYS), 'FAME-full': 4 * (len(MOMENT_KEYS) + len(FULL_KEYS)),
+               'AdamW': 4 * 2}
 
 
 def state_dtype(p: Tensor) -> torch.dtype:

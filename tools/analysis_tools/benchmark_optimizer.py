@@ -18,10 +18,11 @@ import torch
 
 from mmfame import FAME
 from mmfame.optim import fame as fame_module
+from mmfame.optim._core import STATE_BYTES
 
-# Single-pass traffic in fp32: FAME reads p, g, m1, m2, m3, v and writes p, m1, m2, m3, v; full
-# FAME (sq_betas) also reads and writes v2, v3; AdamW reads p, g, m, v and writes p, m, v.
-BYTES_PER_PARAM = {'FAME': 44, 'FAME-full': 60, 'AdamW': 28}
+# Single-pass traffic in fp32: p and g read, p written, and the state read and written once
+# (FAME: 44 B/param, full FAME 60, AdamW 28).
+BYTES_PER_PARAM = {name: 4 * 3 + 2 * state for name, state in STATE_BYTES.items()}
 
 
 def resnet50_shapes():

@@ -23,9 +23,8 @@ Usage::
     # re-plot / re-tabulate from the runs already there, without training:
     python tools/analysis_tools/compare_optimizers.py ... --summary-only
 
-Settings (``--optimizers``) are those of ``mmfame.experiments.configs`` (``fame``, ``fame-full``,
-``adamw``, ``adam``, ``sgd``, ``ema``, ``dema``, ``tema``, ``qema``), with ``NAME:key=value``
-overrides (``sgd:lr=0.02``, ``fame:beta3=0.5:beta4=0.5``). Finished runs are reused; a work dir
+Settings (``--optimizers``) are ``mmfame.experiments.configs.SETTINGS`` (``--help`` lists them),
+with ``NAME:key=value`` overrides (``sgd:lr=0.02``, ``fame:beta3=0.5:beta4=0.5``). Finished runs are reused; a work dir
 holds one comparison (another set of settings, seeds or budget needs another ``--work-dir``).
 """
 import argparse

@@ -14,9 +14,11 @@ import argparse
 import glob
 import os.path as osp
 
+from mmfame.optim._core import STATE_BYTES
+
 _REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-BYTES_PER_ELEMENT = {'FAME': 16, 'AdamW': 8}
+BYTES_PER_ELEMENT = {name: STATE_BYTES[name] for name in ('FAME', 'AdamW')}
 
 
 def zero_shards(groups, world_size):
