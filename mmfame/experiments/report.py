@@ -45,6 +45,14 @@ def mean_std(values: Sequence[float]):
     return mean, math.sqrt(var), len(values)
 
 
+def paired_difference(values: Mapping, reference: Mapping) -> dict:
+    """``values - reference`` over the seeds both have (``{seed: value}``, None values left
+    out): mean, sample std, n and the seeds where ``values`` is higher."""
+    diffs = [v - reference[s] for s, v in values.items()
+             if v is not None and reference.get(s) is not None]
+    return dict(zip(('mean', 'std', 'n'), mean_std(diffs)), wins=sum(d > 0 for d in diffs))
+
+
 def fmt(mean, std, digits=4):
     if mean is None:
         return 'n/a'
@@ -68,13 +76,11 @@ def build_summary(runs: Dict[str, Dict[int, dict]], metrics: Sequence[str],
         row['final_loss'] = mean_std([r['final_loss'] for r in per.values()])[:2]
         row['sec_per_iter'] = mean_std([r['sec_per_iter'] for r in per.values()])[:2]
         if primary and reference and spec != reference:
-            ref = runs[reference]
-            diffs = [per[s]['metrics'].get(primary) - ref[s]['metrics'].get(primary)
-                     for s in per if s in ref and per[s]['metrics'].get(primary) is not None
-                     and ref[s]['metrics'].get(primary) is not None]
-            row['paired_diff'] = mean_std(diffs)[:2]
-            row['paired_n'] = len(diffs)
-            row['paired_wins'] = sum(d > 0 for d in diffs)
+            diff = paired_difference(
+                {s: r['metrics'].get(primary) for s, r in per.items()},
+                {s: r['metrics'].get(primary) for s, r in runs[reference].items()})
+            row['paired_diff'] = diff['mean'], diff['std']
+            row['paired_n'], row['paired_wins'] = diff['n'], diff['wins']
         rows[spec] = row
     return dict(metrics=list(metrics), reference=reference, rows=rows,
                 per_seed={spec: {str(seed): dict(metrics=r['metrics'], final_loss=r['final_loss'],
@@ -237,9 +243,8 @@ def matrix_rows(runs: Sequence[dict], baseline: str = 'baseline') -> List[dict]:
             values = finished_values(per, key)
             row['metrics'][key] = dict(zip(('mean', 'std', 'n'), mean_std(list(values.values()))))
             if ref is not None:
-                ref_values = finished_values(ref, key)
-                diffs = [v - ref_values[s] for s, v in values.items() if s in ref_values]
-                row['delta'][key] = dict(zip(('mean', 'std', 'n'), mean_std(diffs)))
+                diff = paired_difference(values, finished_values(ref, key))
+                row['delta'][key] = {k: diff[k] for k in ('mean', 'std', 'n')}
         rows.append(row)
     return rows
 
