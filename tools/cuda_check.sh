@@ -7,7 +7,7 @@
 #   bash tools/cuda_check.sh --fetch DIR        # where PyPI is reachable: pytest's wheels (Python 3.12)
 #   WHEELS=DIR bash tools/cuda_check.sh [OUT]   # on the GPU machine; logs and tables in OUT
 #
-# pytest is installed from WHEELS (into .venv-cuda, over the system packages) only where the
+# pytest is unpacked from WHEELS (pure-Python wheels, into .cuda-check-site) only where the
 # machine's Python lacks it; mmfame runs from this checkout. The test modules that need mmengine
 # run where it is installed. Exit status: the tests' (3: no CUDA device here).
 set -euo pipefail
@@ -28,10 +28,15 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; 
     exit 3
 fi
 if ! "$PYTHON" -c 'import pytest' 2>/dev/null; then
-    "$PYTHON" -m venv --system-site-packages .venv-cuda
-    .venv-cuda/bin/python -m pip install -q --no-index \
-        --find-links "${WHEELS:?cuda_check: pytest is missing: set WHEELS=DIR (bash tools/cuda_check.sh --fetch DIR)}" pytest
-    PYTHON=$PWD/.venv-cuda/bin/python
+    # Pure-Python wheels are zip files of what they install: unpacked onto PYTHONPATH they
+    # import, with no pip, venv or registry on the GPU machine.
+    wheels=${WHEELS:?cuda_check: pytest is missing: set WHEELS=DIR (bash tools/cuda_check.sh --fetch DIR)}
+    site=$PWD/.cuda-check-site
+    "$PYTHON" -c 'import glob, os, sys, zipfile
+for wheel in glob.glob(os.path.join(sys.argv[1], "*-none-any.whl")):
+    zipfile.ZipFile(wheel).extractall(sys.argv[2])' "$wheels" "$site"
+    export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+    "$PYTHON" -c 'import pytest'
 fi
 files=(tests/test_fame.py tests/test_fame_state.py)
 if "$PYTHON" -c 'import mmengine' 2>/dev/null; then
