@@ -3,8 +3,11 @@ applies: every attribute of torch's and mmengine's modules and classes is compar
 after the import, in a fresh interpreter; the checkpoint allowlist holds only inside mmengine's
 checkpoint loading."""
 import json
+import os.path as osp
 import subprocess
 import sys
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 SNAPSHOT = r'''
 import inspect, json, sys
@@ -71,6 +74,5 @@ def test_every_patch_says_why_which_versions_and_its_test():
     for patch in patches.PATCHES:
         assert patch.why and patch.needed_by and patch.test.startswith('tests/'), patch
         path, name = patch.test.split('::')
-        with open(path if path.startswith('/') else __file__.rsplit('/tests/', 1)[0] + '/'
-                  + path) as f:
+        with open(osp.join(REPO, path)) as f:
             assert f'def {name}(' in f.read(), patch.test

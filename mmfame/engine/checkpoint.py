@@ -203,8 +203,9 @@ def checkpoint_allowlist():
 def register_checkpoint_safe_globals() -> bool:
     """Allowlist :func:`checkpoint_safe_globals` for every ``torch.load(weights_only=True)`` of
     this process (``import mmfame`` does not: it allowlists them inside mmengine's checkpoint
-    loading only, :mod:`mmfame.engine.patches`). Idempotent. Returns False, doing nothing, on torch < 2.6, which takes no ``(obj, name)`` pairs
-    and does not default to ``weights_only=True``.
+    loading only, :mod:`mmfame.engine.patches`). Idempotent. Returns False, doing nothing, on
+    torch < 2.6, which takes no ``(obj, name)`` pairs and does not default to
+    ``weights_only=True``.
     """
     if TORCH_VERSION < (2, 6):
         return False

@@ -9,8 +9,9 @@ nothing else:
 2. ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device(local_rank)`` unconditionally for the
    pytorch, slurm and mpi launchers (a CPU torch raises there). Its private launcher functions
    ``_init_dist_{pytorch,slurm,mpi}`` are wrapped so that ``torch.cuda.set_device`` is a no-op
-   *while they run* (:func:`mmfame.engine.patches.patch_init_dist_for_cpu`); everything else they do (RANK/WORLD_SIZE/LOCAL_RANK, and for slurm
-   MASTER_ADDR from ``scontrol show hostname $SLURM_NODELIST`` and MASTER_PORT) is upstream's.
+   *while they run* (:func:`mmfame.engine.patches.init_dist_without_cuda_set_device`);
+   everything else they do (RANK/WORLD_SIZE/LOCAL_RANK, and for slurm MASTER_ADDR from
+   ``scontrol show hostname $SLURM_NODELIST`` and MASTER_PORT) is upstream's.
 3. ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to ``MMDistributedDataParallel``, which
    DDP refuses for a CPU module: ``model_wrapper_cfg`` is pointed at ``MMFameCPUDDP``, a builder
    registered in mmengine's ``MODEL_WRAPPERS`` that returns a plain ``MMDistributedDataParallel``

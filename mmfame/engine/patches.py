@@ -29,9 +29,10 @@ class Patch(NamedTuple):
     test: str
 
 
-_ZERO_HOOK = ("mmengine saves checkpoints on rank 0 only, but gathering a ZeroRedundancyOptimizer's "
-              'shards needs every rank: without ZeroCheckpointHook the first checkpoint of a ZeRO-1 '
-              'run hangs. The hook is added to runners whose optimizer is ZeRO-1 only.')
+_ZERO_HOOK = ('mmengine saves checkpoints on rank 0 only, but gathering a '
+              "ZeroRedundancyOptimizer's shards needs every rank: without ZeroCheckpointHook the "
+              'first checkpoint of a ZeRO-1 run hangs. The hook is added to runners whose '
+              'optimizer is ZeRO-1 only.')
 PATCHES = (
     Patch('torch.optim.FAME',
           "mmengine's ZeroRedundancyOptimizer resolves optimizer_type='FAME' with "

@@ -55,8 +55,8 @@ SETTINGS = {
     'ema': Setting('FAME beta3=beta4=0 (= AdamW)', 'FAME with beta3 = beta4 = 0: mathematically '
                    'AdamW, different floating-point operations',
                    lambda c: dict(type='FAME', **c, beta3=0.0, beta4=0.0)),
-    'dema': Setting(f'2m1-m2, decay {B3} (ablation)', f'2·m1 − m2, m2 = EMA of m1 with decay {B3} '
-                    '(tool-private optimizer)',
+    'dema': Setting(f'2m1-m2, decay {B3} (ablation)',
+                    f'2·m1 − m2, m2 = EMA of m1 with decay {B3} (tool-private optimizer)',
                     lambda c: dict(type=PRIVATE_NAME, **c, decays=(B3, ))),
     'tema': Setting('3m1-3m2+m3 (= fame)', '= `fame` (3·m1 − 3·m2 + m3); shares its runs',
                     lambda c: dict(type='FAME', **c)),

@@ -1,11 +1,11 @@
 """Fused FAME: one Triton kernel launch updates many tensors in a single pass over memory.
 
-Each program updates one chunk (``Launch.block * Launch.iters`` elements) of one tensor. Tensors are reached through
-tables of raw addresses (like CUDA's multi_tensor_apply), so a step costs one launch per
-(device, dtype) group whatever the number of tensors: p, g, m1, m2, m3 and v are read once and
-p, m1, m2, m3 and v written once (44 B/param in fp32). Bias corrections are computed per tensor
-in the kernel from the on-device ``step``, and GradScaler's ``grad_scale``/``found_inf`` are read
-on the device, so a step never syncs with the host.
+Each program updates one chunk (``Launch.block * Launch.iters`` elements) of one tensor. Tensors
+are reached through tables of raw addresses (like CUDA's multi_tensor_apply), so a step costs one
+launch per (device, dtype) group whatever the number of tensors: p, g, m1, m2, m3 and v are read
+once and p, m1, m2, m3 and v written once (44 B/param in fp32). Bias corrections are computed per
+tensor in the kernel from the on-device ``step``, and GradScaler's ``grad_scale``/``found_inf``
+are read on the device, so a step never syncs with the host.
 
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the same kernel runs on CPU
 tensors in Triton's interpreter: slow, but it lets CI check the kernel without a GPU.
@@ -334,10 +334,10 @@ def fused_fame(params, grads, exp_avgs, exp_avg_2s, exp_avg_3s, exp_avg_sqs, exp
     if isinstance(lr, Tensor) and lr.is_cpu and not params[0].is_cpu:
         lr = lr.item()  # a host read, no device sync; a device lr is copied on the device
     tensor_lr = isinstance(lr, Tensor)
+    sq_beta2, sq_beta3 = sq_betas or (0.0, 0.0)
     settings = dict(lr=0.0 if tensor_lr else lr, beta1=beta1, beta2=beta2, beta3=beta3,
                     beta4=beta4, eps=eps, weight_decay=weight_decay, ln_beta1=_ln(beta1),
-                    ln_beta2=_ln(beta2), sq_beta2=(sq_betas or (0.0, 0.0))[0],
-                    sq_beta3=(sq_betas or (0.0, 0.0))[1])
+                    ln_beta2=_ln(beta2), sq_beta2=sq_beta2, sq_beta3=sq_beta3)
     for tables in plan.tables:
         device = tables.device
         torch._foreach_add_(tables.steps, 1)

@@ -171,7 +171,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--sets', nargs='+', default=['resnet50', 'large', 'small'])
-    parser.add_argument('--steps', type=int, default=None, help='timed steps (default: 50 on CUDA, 10 on CPU)')
+    parser.add_argument('--steps', type=int, default=None,
+                        help='timed steps (default: 50 on CUDA, 10 on CPU)')
     parser.add_argument('--markdown', help='also write the table to this file')
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile(opt.step) of FAME and AdamW')
