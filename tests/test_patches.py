@@ -76,3 +76,53 @@ def test_every_patch_says_why_which_versions_and_its_test():
         path, name = patch.test.split('::')
         with open(osp.join(REPO, path)) as f:
             assert f'def {name}(' in f.read(), patch.test
+
+
+DEFERRED = r'''
+import json, sys
+import torch
+import mmfame
+from mmfame.engine import patches
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
+HEAVY = ('mmengine.optim', 'mmengine.hooks', 'mmengine.runner', 'torch.distributed.optim')
+steps = [dict(loaded=[m for m in HEAVY if m in sys.modules], applied=patches.apply(),
+              fame=OPTIMIZERS.get('FAME') is not None, torch_optim=hasattr(torch.optim, 'FAME'),
+              constructor=OPTIM_WRAPPER_CONSTRUCTORS.get('FAMEOptimWrapperConstructor') is not None)]
+import mmengine.optim
+steps.append(dict(applied=patches.apply(), torch_optim=torch.optim.FAME is mmfame.FAME,
+                  constructor=OPTIM_WRAPPER_CONSTRUCTORS.get('FAMEOptimWrapperConstructor')
+                  is mmfame.FAMEOptimWrapperConstructor, hook=HOOKS.get('PreemptionHook')))
+from mmengine.runner import Runner
+steps.append(dict(applied=patches.apply(), hooks=[HOOKS.get(h).__module__ for h in
+                                                  ('ZeroCheckpointHook', 'PreemptionHook')],
+                  runner=getattr(Runner.register_hooks, '_mmfame_patch', None),
+                  finder=[type(f).__name__ for f in sys.meta_path if 'mmfame' in type(f).__module__]))
+print(json.dumps(steps))
+'''
+
+
+def test_import_defers_what_concerns_the_runner():
+    """``import mmfame`` imports neither mmengine's optimizer nor its runner package (with them
+    torch.distributed.optim and FSDP, most of the import's time): registering the constructor
+    and the hooks and patching the runners wait for their first import, then happen at once; the
+    finder that waits for them leaves ``sys.meta_path`` when done."""
+    out = subprocess.run([sys.executable, '-c', DEFERRED], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    imported, optim_loaded, runner_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert imported == dict(loaded=[], applied=['sys.meta_path'], fame=True, torch_optim=False,
+                            constructor=False)
+    assert optim_loaded == dict(applied=['torch.optim.FAME', 'sys.meta_path'], torch_optim=True,
+                                constructor=True, hook=None)
+    assert runner_loaded['hooks'] == ['mmfame.engine.hooks', 'mmfame.engine.preemption']
+    assert runner_loaded['runner'] == 'mmengine.runner.Runner.register_hooks'
+    assert runner_loaded['finder'] == []
+    from mmfame.engine import patches
+    runner_patches = [p.target for p in patches.PATCHES if p.target.startswith(
+        ('mmengine.runner', 'mmengine._strategy'))]
+    from mmfame.optim._compat import TORCH_VERSION
+    if TORCH_VERSION < (2, 6):
+        runner_patches.remove('mmengine.runner.checkpoint.CheckpointLoader.load_checkpoint')
+    assert runner_loaded['applied'][0] == 'torch.optim.FAME'
+    assert set(runner_loaded['applied'][1:]) <= set(runner_patches)
+    assert 'mmengine.runner.FlexibleRunner.register_hooks' in runner_loaded['applied']

@@ -272,7 +272,7 @@ def test_zero_runners_get_the_checkpoint_hook_once(tmp_path, case):
     import mmfame  # noqa: F401
     from mmengine.registry import RUNNERS
 
-    from mmfame.engine.sharding import ZeroCheckpointHook
+    from mmfame.engine.hooks import ZeroCheckpointHook
     runner_type, optimizer_type, hooks, expected = HOOK_CASES[case]
     optimizer = dict(type=optimizer_type, lr=1e-3)
     if optimizer_type.startswith('Zero'):

@@ -1,25 +1,30 @@
 """Every change mmfame makes to another library, in one place.
 
 :data:`PATCHES` lists each: its target, why it is needed, which upstream versions need it and the
-test that shows it working; :func:`apply` makes them, each only where it is needed (on the
-versions that need it, and only for what needs it: the ZeRO hook only joins runners whose
-optimizer is ZeRO-1, the checkpoint allowlist holds only inside mmengine's checkpoint loading).
-``import mmfame`` calls it (with mmengine installed), so that ``custom_imports=['mmfame']`` alone
-makes upstream tools, ``mim`` and ZeRO/FSDP runs work. Registering ``FAME``, its constructor,
-hooks and the atomic file backend in mmengine's registries is registration, not a patch.
+test that shows it working. :func:`apply` makes each only where it is needed: on the versions
+that need it; for what needs it (the ZeRO hook joins only runners whose optimizer is ZeRO-1, the
+checkpoint allowlist holds only inside mmengine's checkpoint loading); and not before its target
+is imported. ``import mmfame`` imports neither ``mmengine.optim`` nor ``mmengine.runner`` (with
+them, ``torch.distributed.optim`` and FSDP): what concerns them is done right after their first
+import (:func:`when_imported`), or at once when they are imported already, as upstream tools
+do before a config's ``custom_imports``. So ``custom_imports=['mmfame']`` alone makes upstream
+tools, ``mim`` and ZeRO/FSDP runs work. Registering ``FAME``, its constructor, hooks and the
+atomic file backend in mmengine's registries is registration, not a patch.
 ``tests/test_patches.py`` checks that importing mmfame changes exactly what :func:`apply`
 reports, and that it is listed here.
 """
 import functools
+import importlib.abc
 import inspect
-from typing import Any, List, NamedTuple
+import sys
+from typing import Any, Callable, Dict, List, NamedTuple
 
 import torch
 
 from ..optim import FAME
 from ..optim._compat import TORCH_VERSION
 from .checkpoint import checkpoint_allowlist
-from .sharding import ZeroCheckpointHook, asks_for_zero
+from .sharding import asks_for_zero
 
 
 class Patch(NamedTuple):
@@ -36,8 +41,10 @@ _ZERO_HOOK = ('mmengine saves checkpoints on rank 0 only, but gathering a '
 PATCHES = (
     Patch('torch.optim.FAME',
           "mmengine's ZeroRedundancyOptimizer resolves optimizer_type='FAME' with "
-          'getattr(torch.optim, ...) only, under any constructor; an added attribute, never a '
-          'replaced one',
+          'getattr(torch.optim, ...) only, under any constructor and with or without a runner; '
+          "set right after mmengine.optim's import, which registers every torch.optim class as "
+          "an optimizer type (FAME's is mmfame's builder); an added attribute, never a replaced "
+          'one',
           'mmengine 0.10', 'tests/test_sharding.py::test_zero_config_form_builds_fame_shards'),
     Patch('mmengine.runner.Runner.register_hooks', _ZERO_HOOK, 'mmengine 0.10',
           'tests/test_sharding.py::test_zero_runners_get_the_checkpoint_hook_once'),
@@ -63,18 +70,95 @@ PATCHES = (
           '(mmfame.engine.dist.setup_cpu_distributed)',
           'mmengine 0.10 without CUDA',
           'tests/test_tools.py::test_two_ranks_agree_on_the_iteration_they_stop_at'),
+    Patch('sys.meta_path',
+          'a finder that runs the registrations and patches above that concern mmengine.optim and '
+          'mmengine.runner right after their first import, when mmfame is imported before them; '
+          'it finds no module itself and leaves sys.meta_path once both are imported',
+          'any mmengine', 'tests/test_patches.py::test_import_defers_what_concerns_the_runner'),
 )
 _MARK = '_mmfame_patch'
 
 
+_APPLIED: List[str] = []
+
+
 def apply() -> List[str]:
-    """Make the patches this process needs (idempotent); returns the targets patched."""
-    applied = [_expose_fame_in_torch_optim()]
+    """Make the patches this process needs (idempotent), each once its target's module is
+    imported. Returns the targets patched so far."""
+    when_imported('mmengine.optim', _patch_torch_optim)
+    when_imported('mmengine.runner', _patch_runners)
+    return list(_APPLIED) + (['sys.meta_path'] if _finder() else [])
+
+
+def _record(*targets: str) -> None:
+    _APPLIED.extend(t for t in targets if t and t not in _APPLIED)
+
+
+def _patch_torch_optim() -> None:
+    _record(_expose_fame_in_torch_optim())
+
+
+def _patch_runners() -> None:
     if torch.distributed.is_available():
         from mmengine.runner import FlexibleRunner, Runner
-        applied += [_add_zero_hook(Runner), _add_zero_hook(FlexibleRunner)]
-    applied += [_fsdp_resume_by_name(), _load_checkpoints_with_allowlist()]
-    return [target for target in applied if target]
+        _record(_add_zero_hook(Runner), _add_zero_hook(FlexibleRunner))
+    _record(_fsdp_resume_by_name(), _load_checkpoints_with_allowlist())
+
+
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Runs callbacks right after a module's first import: the module is found by the finders
+    after this one, and its loader's ``exec_module`` is wrapped for that one import."""
+
+    def __init__(self) -> None:
+        self.pending: Dict[str, List[Callable[[], Any]]] = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        callbacks = self.pending.pop(fullname, None)
+        if callbacks is None:
+            return None
+        for finder in sys.meta_path:
+            spec = (None if finder is self or not hasattr(finder, 'find_spec')
+                    else finder.find_spec(fullname, path, target))
+            if spec is not None:
+                break
+        loader = getattr(spec, 'loader', None)
+        if not hasattr(loader, 'exec_module'):
+            self.pending[fullname] = callbacks  # not a module this finder can follow
+            return None
+        exec_module = loader.exec_module
+
+        def exec_then_call(module):
+            del loader.exec_module
+            try:
+                exec_module(module)
+            except BaseException:
+                self.pending[fullname] = callbacks  # a later import tries again
+                raise
+            if not self.pending and self in sys.meta_path:
+                sys.meta_path.remove(self)
+            for callback in callbacks:
+                callback()
+
+        loader.exec_module = exec_then_call
+        return spec
+
+
+def _finder():
+    return next((f for f in sys.meta_path if isinstance(f, _WhenImported)), None)
+
+
+def when_imported(name: str, callback: Callable[[], Any]) -> None:
+    """Call ``callback`` now if module ``name`` is imported, else right after its first import."""
+    if name in sys.modules:
+        callback()
+        return
+    finder = _finder()
+    if finder is None:
+        finder = _WhenImported()
+        sys.meta_path.insert(0, finder)
+    callbacks = finder.pending.setdefault(name, [])
+    if callback not in callbacks:
+        callbacks.append(callback)
 
 
 def _patched(function, target: str):
@@ -97,6 +181,7 @@ def _add_zero_hook(runner_cls) -> str:
     original = runner_cls.register_hooks
     if getattr(original, _MARK, None):
         return target
+    from .hooks import ZeroCheckpointHook
 
     @functools.wraps(original)
     def register_hooks(self, default_hooks=None, custom_hooks=None):

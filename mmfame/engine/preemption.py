@@ -28,10 +28,12 @@ import torch
 from mmengine.dist import all_reduce, barrier, get_dist_info, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
+from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
 
 from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
+from .registry import register
 
 __all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'PreemptionHook', 'skip_first_batches']
 
@@ -167,3 +169,6 @@ class PreemptionHook(Hook):
 
 def _write(path: str, text: str) -> None:
     AtomicLocalBackend().put(text.encode(), path)
+
+
+register(HOOKS, 'PreemptionHook', PreemptionHook)

@@ -6,8 +6,8 @@
   (:mod:`mmfame.engine.patches`). :func:`check_zero_cfg` names the fix for
   an ``optimizer_type`` that cannot resolve, at build time. mmengine saves checkpoints on rank 0
   only, but gathering the shards (``consolidate_state_dict``) needs every rank: without
-  :class:`ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs, so every runner whose
-  optimizer is ZeRO gets that hook (:mod:`mmfame.engine.patches`).
+  :class:`mmfame.engine.hooks.ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs, so
+  every runner whose optimizer is ZeRO gets that hook (:mod:`mmfame.engine.patches`).
 * FSDP (``FlexibleRunner`` + ``FSDPStrategy``): the optimizer is built on the wrapped model. With
   ``use_orig_params=False`` it sees flat parameters that no ``paramwise_cfg`` rule can tell apart,
   and mmengine's gradient clipping by norm would take each rank's norm of its own shard:
@@ -17,12 +17,10 @@
   :mod:`mmfame.engine.patches` passes them by name.
 """
 import difflib
-import functools
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-from mmengine.hooks import Hook
 
 ZERO_TYPES = ('ZeroRedundancyOptimizer', 'mmengine.ZeroRedundancyOptimizer')
 _USE_ORIG = "model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True)"
@@ -89,51 +87,6 @@ def fsdp_clip_func(model: nn.Module) -> Optional[Callable]:
         return fsdp.clip_grad_norm_(max_norm, norm_type)
 
     return clip_grad_norm_
-
-
-def _zero_optimizer(runner):
-    """The runner's ZeroRedundancyOptimizer, or None."""
-    try:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-    except ImportError:
-        return None
-    optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
-    return optimizer if isinstance(optimizer, ZeroRedundancyOptimizer) else None
-
-
-class ZeroCheckpointHook(Hook):
-    """Gathers a ZeroRedundancyOptimizer's shards on rank 0 before every checkpoint.
-
-    ``Runner.save_checkpoint`` runs on rank 0 only, and mmengine's wrapper gathers the shards in
-    ``state_dict()`` there: a collective the other ranks never join. This hook makes every
-    rank's ``save_checkpoint`` call (all ranks make it, from ``CheckpointHook``) gather first;
-    rank 0 then saves the full state and frees the gathered copy. Does nothing without ZeRO.
-    """
-
-    priority = 'VERY_HIGH'
-
-    def before_train(self, runner) -> None:
-        optimizer = _zero_optimizer(runner)
-        if optimizer is None or getattr(runner.save_checkpoint, '_mmfame_zero', False):
-            return
-        save = runner.save_checkpoint
-
-        @functools.wraps(save)
-        def save_checkpoint(*args, **kwargs):
-            optimizer.consolidate_state_dict(to=0)  # every rank
-            optimizer.consolidate_state_dict = _gathered  # state_dict() must not gather again
-            try:
-                return save(*args, **kwargs)  # rank 0 only
-            finally:
-                del optimizer.consolidate_state_dict
-                optimizer._all_state_dicts = []
-
-        save_checkpoint._mmfame_zero = True  # type: ignore[attr-defined]
-        runner.save_checkpoint = save_checkpoint
-
-
-def _gathered(to: int = 0) -> None:
-    """Stands in for ``consolidate_state_dict`` while the gathered shards are saved."""
 
 
 def asks_for_zero(optim_wrapper) -> bool:

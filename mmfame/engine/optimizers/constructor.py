@@ -22,11 +22,13 @@ from typing import List
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIMIZERS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
 
 from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters, is_finite_real
 
+from ..registry import register
 from ..sharding import check_fsdp_model, check_zero_cfg, fsdp_clip_func, zero_inner_type
+from .build import build_fame
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
 _MEMBER_KEYS = ('params', 'param_names')
@@ -43,14 +45,6 @@ _DELETE_ZERO_BASE = ("in an OpenMMLab config they come from an SGD base optimize
                      "optim_wrapper=dict(optimizer=dict(_delete_=True, "
                      "type='ZeroRedundancyOptimizer', optimizer_type='FAME', lr=..., "
                      "weight_decay=...)) to drop the base settings")
-
-
-def build_fame(params, **kwargs) -> FAME:
-    """What ``type='FAME'`` builds from a config, under any constructor: :class:`FAME`, after
-    refusing unknown arguments (an SGD base's ``momentum``, a typo) with the fix named, where
-    Python would say only "unexpected keyword argument"."""
-    check_arguments(kwargs)
-    return FAME(params, **kwargs)
 
 
 class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -346,3 +340,6 @@ def _layer_id_fn(backbone: nn.Module, decay_type: str):
     raise ValueError(f'paramwise_cfg.decay_type={decay_type!r} is not supported for backbone '
                      f'{cls}: layer_wise supports ConvNeXt, Swin and ViT/BEiT/MAE; stage_wise '
                      'supports ConvNeXt and Swin')
+
+
+register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor', FAMEOptimWrapperConstructor)
