@@ -328,19 +328,22 @@ def test_summary_from_scalars_has_mean_std_and_paired_differences(tmp_path):
             losses.append((100, 0.5 + 0.1 * seed + (0.2 if spec == 'fame' else 0.0)))
             _fake_run(work, spec, seed, losses, {'mIoU': miou[spec][seed], 'mAcc': 50.0 + seed})
     matrix = runs.Matrix([osp.relpath(DET_CFG, REPO)], ['fame', 'adamw', 'tema'], [0, 1, 2])
-    found, metrics, _ = co.collect(work, matrix)
+    records, metrics = co.collect(work, matrix)
     assert metrics == ['mIoU', 'mAcc']
-    assert found['tema'][1]['metrics'] == found['fame'][1]['metrics']  # alias shares runs
+    by_run = {(r['setting'], r['seed']): r for r in records}
+    assert by_run['tema', 1]['metrics'] == by_run['fame', 1]['metrics']  # alias shares runs
     out = str(tmp_path / 'results' / 'seg')
-    summary = co.write_outputs(found, metrics, out, reference='adamw', title='t')
-    rows = summary['rows']
-    assert rows['adamw']['mIoU'][0] == pytest.approx(12.0)
-    assert rows['adamw']['mIoU'][1] == pytest.approx(2.0)  # sample std, ddof=1
-    assert rows['fame']['final_loss'][0] == pytest.approx(0.8)
-    assert rows['fame']['final_loss'][1] == pytest.approx(0.1)
-    assert rows['fame']['paired_diff'][0] == pytest.approx(1.0)  # diffs 1, 3, -1
-    assert rows['fame']['paired_diff'][1] == pytest.approx(2.0)
-    assert rows['fame']['paired_wins'] == 2
+    rows = co.main(['--config', DET_CFG, '--optimizers', 'fame', 'adamw', 'tema', '--seeds',
+                    '0', '1', '2', '--work-dir', work, '--out', out, '--summary-only',
+                    '--title', 't'])
+    rows = {row['setting']: row for row in rows}
+    assert rows['adamw']['metrics']['mIoU']['mean'] == pytest.approx(12.0)
+    assert rows['adamw']['metrics']['mIoU']['std'] == pytest.approx(2.0)  # sample std, ddof=1
+    assert rows['fame']['final_loss']['mean'] == pytest.approx(0.8)
+    assert rows['fame']['final_loss']['std'] == pytest.approx(0.1)
+    assert rows['fame']['delta']['mIoU']['mean'] == pytest.approx(1.0)  # diffs 1, 3, -1
+    assert rows['fame']['delta']['mIoU']['std'] == pytest.approx(2.0)
+    assert rows['fame']['delta']['mIoU']['wins'] == 2
     md = open(out + '.md').read()
     main_table = md.split('Per seed')[0]
     lines = {line.split('|')[1].strip(): line for line in main_table.splitlines()
@@ -352,7 +355,8 @@ def test_summary_from_scalars_has_mean_std_and_paired_differences(tmp_path):
     assert '11 / 0.7' in md  # per-seed table: fame seed 0
     assert osp.getsize(out + '.png') > 10000
     with open(out + '.json') as f:
-        assert json.load(f)['per_seed']['adamw']['2']['metrics']['mIoU'] == 14.0
+        saved = {row['setting']: row for row in json.load(f)['rows']}
+    assert saved['adamw']['metrics']['mIoU']['values']['2'] == 14.0
 
 
 def test_summary_only_cli_and_missing_runs(tmp_path, capsys):
@@ -361,12 +365,12 @@ def test_summary_only_cli_and_missing_runs(tmp_path, capsys):
         _fake_run(work, 'sgd', seed, [(10, 1.0), (20, 0.8)],
                   {'coco/bbox_mAP': mAP, 'coco/bbox_mAP_50': 2 * mAP})
     out = str(tmp_path / 'det')
-    summary = co.main(['--config', DET_CFG, '--optimizers', 'sgd', 'adamw', '--seeds', '0', '1',
-                       '--work-dir', work, '--out', out, '--summary-only'])
+    rows = co.main(['--config', DET_CFG, '--optimizers', 'sgd', 'adamw', '--seeds', '0', '1',
+                    '--work-dir', work, '--out', out, '--summary-only'])
     assert 'adamw/seed_0' in capsys.readouterr().out  # reported missing, not invented
-    assert list(summary['rows']) == ['sgd']
-    assert summary['metrics'] == ['coco/bbox_mAP', 'coco/bbox_mAP_50']
-    assert summary['rows']['sgd']['coco/bbox_mAP'][0] == pytest.approx(0.25)
+    assert [row['setting'] for row in rows] == ['sgd']
+    assert list(rows[0]['metrics']) == ['coco/bbox_mAP', 'coco/bbox_mAP_50']
+    assert rows[0]['metrics']['coco/bbox_mAP']['mean'] == pytest.approx(0.25)
     assert '| `sgd` |' in open(out + '.md').read()
 
 

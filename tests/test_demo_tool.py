@@ -22,13 +22,18 @@ def test_demo_trains_tests_and_leaves_finished_runs_alone(tmp_path):
            '--data-root', str(tmp_path / 'data'), '--work-dir', str(work)]
     first = run_tool(cmd, env=tool_env())
     summary = json.loads((work / 'summary.json').read_text())
-    assert set(summary['det']) == {'fame', 'adamw'}
-    for setting, r in summary['det'].items():
+    by_setting = {r['setting']: r for r in summary['runs']}
+    assert set(by_setting) == {'fame', 'adamw'}
+    for setting, r in by_setting.items():
         tested = logs.test_metrics(str(work / STEM / setting / 'seed_0' / 'test'))
         assert r['test_metrics'] == tested
-        assert r['metric'] == tested.get('coco/bbox_mAP', 0.0)
-        assert r['iterations'] == 4
-    assert (work / 'loss_curves.png').stat().st_size > 0
+        assert r['metrics']['coco/bbox_mAP'] == tested.get('coco/bbox_mAP', 0.0)
+        assert r['last_iter'] == 4
+    rows = {row['setting']: row for row in summary['rows']}
+    fame, adamw = (by_setting[s]['metrics']['coco/bbox_mAP'] for s in ('fame', 'adamw'))
+    assert rows['fame']['delta']['coco/bbox_mAP']['mean'] == fame - adamw  # paired, seed 0
+    assert 'Δ box AP vs adamw (paired)' in (work / 'summary.md').read_text()
+    assert (work / 'summary.png').stat().st_size > 0
 
     second = run_tool(cmd, env=tool_env())
     for setting in ('fame', 'adamw'):

@@ -1,5 +1,6 @@
-"""mmfame.experiments.report: a matrix's run records as rows, a markdown table, configs/README.md
-cells, OpenMMLab metafiles and a plot; never a number for a seed that did not finish."""
+"""mmfame.experiments.report: run records as one summary (rows), and the rows as markdown tables,
+configs/README.md cells, OpenMMLab metafiles and plots; never a number for a seed that did not
+finish."""
 import os
 import os.path as osp
 import statistics
@@ -60,7 +61,7 @@ def finished(config, setting, key):
 
 @pytest.fixture(scope='module')
 def rows():
-    return {(r['config'], r['setting']): r for r in report.matrix_rows(RECORDS)}
+    return {(r['config'], r['setting']): r for r in report.summarize(RECORDS)}
 
 
 # ------------------------------------------------------------------------------- matrix rows
@@ -74,7 +75,7 @@ ROW_COUNTS = {  # (config, setting): seeds, finished seeds, states
 
 
 def test_rows_come_in_first_seen_order():
-    got = [(r['config'], r['setting']) for r in report.matrix_rows(RECORDS)]
+    got = [(r['config'], r['setting']) for r in report.summarize(RECORDS)]
     assert got == list(dict.fromkeys((c, s) for c, s, *_ in RUNS))
 
 
@@ -129,10 +130,33 @@ def test_paired_difference_over_seeds_finished_in_both(rows, config, setting, ke
         assert d['mean'] is None
 
 
+def test_curves_average_every_seed_that_logged_them(rows):
+    """A curve is drawn for unfinished seeds too (it says how many): the mean and std at each
+    step over the seeds that logged it."""
+    curve = rows[RET, 'baseline']['curves']['coco/bbox_mAP']
+    assert (curve['steps'], curve['n'], curve['unfinished'], curve['unit']) == (
+        [1, 2, 3], 3, 1, 'epoch')
+    last = [r['curve']['coco/bbox_mAP'][-1][1] for r in RECORDS
+            if (r['config'], r['setting']) == (RET, 'baseline')]
+    assert curve['mean'][-1] == pytest.approx(statistics.mean(last))
+    assert curve['std'][-1] == pytest.approx(statistics.stdev(last))
+
+
+def test_final_loss_and_time_count_finished_seeds_only():
+    records = [dict(record(RET, 'fame', seed, state, {'coco/bbox_mAP': 0.3}),
+                    final_loss=loss, sec_per_iter=0.5 + seed)
+               for seed, state, loss in ((0, 'finished', 1.0), (1, 'finished', 2.0),
+                                         (2, 'running', 9.0))]
+    row, = report.summarize(records)
+    assert row['final_loss'] == dict(mean=1.5, std=pytest.approx(0.5 ** 0.5), n=2,
+                                     values={0: 1.0, 1: 2.0})
+    assert row['sec_per_iter']['values'] == {0: 0.5, 1: 1.5}
+
+
 def test_no_delta_without_a_baseline_or_for_the_baseline(rows):
     assert rows[MASK, 'fame']['delta'] == {}
     assert rows[RET, 'baseline']['delta'] == {}
-    against_fame = report.matrix_rows(RECORDS, baseline='fame')
+    against_fame = report.summarize(RECORDS, baseline='fame')
     assert [r['delta'] for r in against_fame if r['setting'] == 'fame'] == [{}] * 5
 
 
@@ -351,10 +375,11 @@ def test_no_demo_metafile_without_demo_rows(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- plots
 @pytest.mark.parametrize('records', [RECORDS, [dict(r, curve={}) for r in RECORDS[:2]]],
                          ids=['curves', 'no-curves'])
-def test_plot_curves_writes_a_png(tmp_path, records):
+@pytest.mark.parametrize('curve,spread', [('metric', False), ('loss', True)])
+def test_plot_writes_a_png(tmp_path, records, curve, spread):
     pytest.importorskip('matplotlib')
     out = str(tmp_path / 'curves.png')
-    report.plot_curves(records, out)
+    report.plot(report.summarize(records), out, curve, spread)
     with open(out, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert osp.getsize(out) > 1000

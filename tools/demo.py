@@ -3,7 +3,9 @@
 Writes the synthetic shapes data (``mmfame.datasets.demo``) under ``--data-root`` if missing,
 trains the FAME configs of ``configs/demo`` with the experiment engine's ``fame`` and ``adamw``
 settings (AdamW with the config's lr, betas, eps, weight decay and schedule: the shipped AdamW
-twins), tests each run and writes ``<work-dir>/summary.json`` and ``loss_curves.png``::
+twins), tests each run and writes the engine's summary of them: ``<work-dir>/summary.md`` (the
+test metric's paired difference to AdamW), ``summary.json`` and the loss curves,
+``summary.png``::
 
     .venv/bin/python tools/demo.py                      # everything, ~10 minutes on 2 CPU cores
     .venv/bin/python tools/demo.py --only det --iters 100
@@ -14,22 +16,21 @@ the child config beside it, ``seed_<S>.py``); a rerun reuses finished runs and t
 """
 import argparse
 import functools
-import json
 import os
 import os.path as osp
 import sys
 import time
 import warnings
 
-from mmfame.experiments import logs, runs
+from mmfame.experiments import logs, report, runs
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-TASKS = {  # task -> (FAME config, primary metric, its name, plot title)
+TASKS = {  # task -> (FAME config, primary metric, its name)
     'det': ('configs/demo/retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py', 'coco/bbox_mAP',
-            'bbox mAP', 'detection (RetinaNet R-18, COCO layout)'),
+            'bbox mAP'),
     'seg': ('configs/demo/segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py', 'mIoU',
-            'mIoU (%)', 'segmentation (SegFormer MiT-B0, ADE20K layout)'),
+            'mIoU (%)'),
 }
 SETTINGS = {'fame': 'FAME', 'adamw': 'AdamW'}
 DEFAULT_DATA = osp.join(REPO, 'data', 'demo')
@@ -39,7 +40,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='FAME vs AdamW on the synthetic demo data, on CPU; reruns reuse finished runs')
     parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'demo'),
-                        help='runs, summary.json, loss_curves.png (default: work_dirs/demo)')
+                        help='runs, summary.md, .json and .png (default: work_dirs/demo)')
     parser.add_argument('--data-root', default=DEFAULT_DATA,
                         help='demo data root, generated if missing (default: data/demo)')
     parser.add_argument('--only', choices=tuple(TASKS),
@@ -70,42 +71,23 @@ def choose_threads(requested):
                      'them; --threads overrides)')
 
 
-def plot(results, out_path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 4.5), squeeze=False)
-    for ax, (task, res) in zip(axes[0], results.items()):
-        for (setting, r), style in zip(res.items(), ('-', '--')):
-            ax.plot(r['iters'], r['losses'], style,
-                    label=f'{SETTINGS[setting]} ({TASKS[task][2]} {r["metric"]:.3g})')
-        ax.set(yscale='log', xlabel='iteration', ylabel='training loss', title=TASKS[task][3])
-        ax.grid(True, which='both', alpha=0.3)
-        ax.legend()
-    fig.suptitle('FAME vs AdamW on the synthetic shapes demo data (random init, CPU)')
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-
-
-def result(work_dir, run, task):
-    """A finished run's test metrics (tested once), training seconds and loss curve."""
+def record(work_dir, run, task):
+    """A finished run as the reports read it (:func:`runs.describe`), with its test's metrics
+    (tested once) as its metrics."""
     d, key = runs.run_dir(work_dir, run), TASKS[task][1]
     try:
-        metrics = logs.test_metrics(osp.join(d, 'test'))
+        tested = logs.test_metrics(osp.join(d, 'test'))
     except FileNotFoundError:
-        metrics = runs.evaluate(work_dir, run)
-    with open(osp.join(d, 'done.json')) as f:
-        done = json.load(f)
-    train = logs.training_records(logs.all_scalars(d))
-    r = dict(config=run.config, setting=run.setting, run_dir=d, metric_key=key,
-             metric=float(metrics.get(key, 0.0)), test_metrics=metrics,
-             iterations=done['last_iter'], train_seconds=done['seconds'],
-             iters=[x['iter'] for x in train], losses=[x['loss'] for x in train])
-    loss = f'{r["losses"][0]:.3f} -> {r["losses"][-1]:.3f}' if train else 'not logged'
-    note = '' if key in metrics else f'; no {key} in the test results: counted as 0'
-    print(f'[demo] {task}/{SETTINGS[run.setting]}: {TASKS[task][2]} = {r["metric"]:.4g} '
-          f'(train {r["train_seconds"]:.0f} s, loss {loss}{note})', flush=True)
+        tested = runs.evaluate(work_dir, run)
+    r = runs.describe(work_dir, run)
+    group = next(g for g in logs.KNOWN_METRICS if g[0] == key)
+    r.update(metrics={k: float(tested.get(k, 0.0)) for k in group if k in tested or k == key},
+             test_metrics=tested)
+    losses = r['curve']['loss']
+    loss = f'{losses[0][1]:.3f} -> {losses[-1][1]:.3f}' if losses else 'not logged'
+    note = '' if key in tested else f'; no {key} in the test results: counted as 0'
+    print(f'[demo] {task}/{SETTINGS[run.setting]}: {TASKS[task][2]} = {r["metrics"][key]:.4g} '
+          f'(train {r["seconds"]:.0f} s, loss {loss}{note})', flush=True)
     return r
 
 
@@ -134,18 +116,18 @@ def main(argv=None):
         if failed:
             raise RuntimeError(f'{", ".join(failed)} did not finish:\n'
                                + logs.tail(osp.join(work_dir, failed[0], 'launch.log')))
-        results = {t: {s: result(work_dir, runs.Run(TASKS[t][0], s, args.seed), t)
-                       for s in SETTINGS} for t in tasks}
+        records = [record(work_dir, runs.Run(TASKS[t][0], s, args.seed), t)
+                   for t in tasks for s in SETTINGS]
     except (ValueError, RuntimeError) as e:  # another matrix in work_dir, a failed run or test
         sys.exit(f'demo: {e}')
 
-    plot(results, osp.join(work_dir, 'loss_curves.png'))
-    summary = {task: {s: {k: v for k, v in r.items() if k not in ('iters', 'losses')}
-                      for s, r in res.items()} for task, res in results.items()}
-    summary.update(threads=threads, total_seconds=round(time.time() - t_all, 1))
-    with open(osp.join(work_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
-    print(f'[demo] loss curves and summary in {work_dir} ({time.time() - t_all:.0f} s)')
+    rows = report.summarize(records, baseline='adamw')
+    report.write_outputs(osp.join(work_dir, 'summary'), rows, records,
+                         report.matrix_markdown(rows), curve='loss',
+                         title='FAME vs AdamW on the synthetic shapes demo data (random init, CPU)',
+                         extra=dict(threads=threads, total_seconds=round(time.time() - t_all, 1)))
+    print(f'[demo] summary.md, summary.json and the loss curves (summary.png) in {work_dir} '
+          f'({time.time() - t_all:.0f} s)')
 
 
 if __name__ == '__main__':

@@ -146,13 +146,11 @@ def cmd_gather(args) -> int:
     matrix = runs.Matrix.load(work_dir)
     records = [runs.describe(work_dir, run) for run in matrix.runs]
     baseline = next((s for s in ('baseline', 'adamw') if s in matrix.settings), 'baseline')
-    rows = report.matrix_rows(records, baseline=baseline)
+    rows = report.summarize(records, baseline=baseline)
     table = report.matrix_markdown(rows)
-    with open(osp.join(work_dir, 'results.md'), 'w') as f:
-        f.write(table)
-    report.plot_curves(records, osp.join(work_dir, 'results.png'))
+    report.write_outputs(osp.join(work_dir, 'results'), rows, records, table, curve='metric')
     print(table)
-    print(f'wrote {work_dir}/results.md and {work_dir}/results.png')
+    print(f'wrote {work_dir}/results.md, results.json and results.png')
     docs = args.docs_root or (None if matrix.quick else REPO)
     if docs is None:
         print('a --quick matrix is a smoke run: its numbers do not go into configs/README.md or '

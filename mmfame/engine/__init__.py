@@ -4,10 +4,10 @@ torch >= 2.6 (``weights_only=True`` by default), which checkpoint a bare ``--res
 the hook that checkpoints on a cluster's stop signal, checkpoint files written atomically, and
 the runner a config asks for.
 
-Its modules change nothing when imported: ``import mmfame`` calls :func:`register_all` and
-:func:`patches.apply` (every change to another library is listed in :mod:`.patches`),
-tools/train.py and tools/test.py the dist helpers. The constructor and the preemption hook
-import mmengine's optimizer and runner packages, so they load when first asked for.
+Its modules do nothing when imported but register the classes they define: ``import mmfame``
+calls :func:`register_all` and :func:`patches.apply` (every change to another library is listed
+in :mod:`.patches`), tools/train.py and tools/test.py the dist helpers. The constructor and the
+hooks import mmengine's optimizer and runner packages, so they load when first asked for.
 """
 import importlib
 

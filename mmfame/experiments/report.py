@@ -1,12 +1,13 @@
-"""Finished runs as tables, metafiles and plots.
+"""Runs as one summary, and that summary as tables, README cells, metafiles and plots.
 
-Two inputs: ``tools/analysis_tools/compare_optimizers.py``'s runs of one config
-(``{setting: {seed: summary}}``, :func:`write_outputs`), and the run records of a
-``tools/reproduce.py`` matrix (plain dicts with ``config``, ``setting``, ``seed``, ``state``,
-``metrics``, ``curve``, ``step_unit``, ``work_dir``): :func:`matrix_rows` reduces those to one row
-per (config, setting), from which :func:`matrix_markdown`, :func:`update_readme` and
-:func:`write_metafiles` write. Only finished seeds count: a number is never shown for a run that
-is pending, running, interrupted or failed.
+The demo, ``tools/analysis_tools/compare_optimizers.py`` and ``tools/reproduce.py`` all hand over
+run records (:func:`mmfame.experiments.runs.describe`); :func:`summarize` reduces them to one row
+per (config, setting): mean ± std over seeds, paired differences to a baseline setting, curves.
+From the rows :func:`matrix_markdown` and :func:`comparison_markdown` write tables,
+:func:`update_readme` the README cells, :func:`write_metafiles` the metafiles and :func:`plot`
+the plots (:func:`write_outputs` the table, the rows as JSON and the plot at once). Only
+finished seeds count: a number is never shown for a run that is pending, running, interrupted
+or failed.
 """
 import json
 import math
@@ -53,6 +54,11 @@ def paired_difference(values: Mapping, reference: Mapping) -> dict:
     return dict(zip(('mean', 'std', 'n'), mean_std(diffs)), wins=sum(d > 0 for d in diffs))
 
 
+def _stat(values: Mapping) -> dict:
+    """mean, sample std and n of ``{seed: value}`` (None and NaN left out), and the values."""
+    return dict(zip(('mean', 'std', 'n'), mean_std(list(values.values()))), values=dict(values))
+
+
 def fmt(mean, std, digits=4):
     if mean is None:
         return 'n/a'
@@ -61,194 +67,143 @@ def fmt(mean, std, digits=4):
     return f'{mean:.{digits}g} ± {std:.2g}'
 
 
+# -------------------------------------------------------------------------- the summary
+def summarize(records: Sequence[dict], baseline: str = 'baseline') -> List[dict]:
+    """One row per (config, setting), in first-seen order: what every table, README cell,
+    metafile and plot of the demo, compare_optimizers and reproduce is written from.
+
+    A record is a run as :func:`mmfame.experiments.runs.describe` gives it: ``config``,
+    ``setting``, ``seed``, ``state``, ``metrics``, ``curve`` (``{key: [[step, value], ...]}``,
+    the training loss under ``'loss'``), ``step_unit``, and where logged ``final_loss`` and
+    ``sec_per_iter``. A row holds ``config``, ``setting``, ``baseline`` (the setting differences
+    are taken to), ``seeds`` (all), ``finished`` (the finished seeds), ``states``
+    ({state: count}); over the finished seeds ``metrics`` ({key: stat} for the metric keys the
+    config's finished runs logged), ``final_loss`` and ``sec_per_iter`` (stats: ``mean``,
+    ``std`` (the sample std, None for one seed), ``n`` and ``values`` {seed: value}); ``delta``
+    ({key: dict(mean, std, n, wins)}: the paired difference to the ``baseline`` setting of the
+    same config over the seeds finished in both; empty for the baseline itself or without one);
+    and ``curves`` ({key: dict(steps, mean, std, n, unfinished)}: a curve's mean and std over
+    the seeds that logged it, finished or not, at the steps all of them logged).
+    """
+    groups: Dict[tuple, Dict[int, dict]] = {}
+    for r in records:
+        groups.setdefault((r['config'], r['setting']), {})[r['seed']] = r
+
+    def finished(per):
+        return {s: r for s, r in per.items() if r['state'] == 'finished'}
+
+    def values(per, key):
+        return {s: r['metrics'].get(key) for s, r in finished(per).items()
+                if r['metrics'].get(key) is not None}
+
+    keys: Dict[str, List[str]] = {}
+    for (config, _), per in groups.items():
+        found = keys.setdefault(config, [])
+        for r in finished(per).values():
+            found.extend(k for k in r['metrics'] if k not in found)
+    rows = []
+    for (config, setting), per in groups.items():
+        counts = Counter(r['state'] for r in per.values())
+        done = finished(per)
+        row = dict(config=config, setting=setting, baseline=baseline, seeds=list(per),
+                   finished=list(done), states={st: counts[st] for st in STATES if counts[st]},
+                   metrics={}, delta={},
+                   final_loss=_stat({s: r.get('final_loss') for s, r in done.items()}),
+                   sec_per_iter=_stat({s: r.get('sec_per_iter') for s, r in done.items()}),
+                   curves=_curves(per.values()))
+        ref = groups.get((config, baseline)) if setting != baseline else None
+        for key in keys[config]:
+            row['metrics'][key] = _stat(values(per, key))
+            if ref is not None:
+                row['delta'][key] = paired_difference(values(per, key), values(ref, key))
+        rows.append(row)
+    return rows
+
+
+def _curves(records) -> Dict[str, dict]:
+    names: List[str] = []
+    for r in records:
+        names.extend(k for k, c in (r.get('curve') or {}).items() if c and k not in names)
+    out = {}
+    for name in names:
+        used = [r for r in records if (r.get('curve') or {}).get(name)]
+        points = [dict((s, v) for s, v in r['curve'][name]) for r in used]
+        steps = sorted(set.intersection(*(set(p) for p in points)))
+        stats = [mean_std([p[s] for p in points]) for s in steps]
+        units = {'iter' if name == 'loss' else r.get('step_unit') for r in used}
+        out[name] = dict(steps=steps, mean=[m for m, _, _ in stats], std=[d for _, d, _ in stats],
+                         n=len(used), unfinished=sum(r['state'] != 'finished' for r in used),
+                         unit=units.pop() if len(units) == 1 else None)
+    return out
+
+
+def write_outputs(out: str, rows: Sequence[dict], records: Sequence[dict], markdown: str,
+                  curve: str, spread: bool = False, title: str = '',
+                  extra: Optional[dict] = None, metric: Optional[str] = None) -> None:
+    """``<out>.md`` (``markdown``), ``<out>.json`` (the rows, the run records and ``extra``) and
+    ``<out>.png`` (:func:`plot` of ``curve``, ``spread``, ``title`` and ``metric``)."""
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    with open(out + '.md', 'w') as f:
+        f.write(markdown)
+    with open(out + '.json', 'w') as f:
+        json.dump(dict(extra or {}, rows=rows, runs=records), f, indent=1)
+    plot(rows, out + '.png', curve, spread, title, metric)
+
+
 # ---------------------------------------------------------- compare_optimizers: one config
-def build_summary(runs: Dict[str, Dict[int, dict]], metrics: Sequence[str],
-                  reference: Optional[str] = None) -> dict:
-    """Mean/std over seeds per setting, and paired differences to ``reference``."""
-    primary = metrics[0] if metrics else None
-    if reference not in runs:
-        reference = next(iter(runs), None)
-    rows = {}
-    for spec, per in runs.items():
-        row = dict(n=len(per), seeds=sorted(per))
-        for key in metrics:
-            row[key] = mean_std([r['metrics'].get(key) for r in per.values()])[:2]
-        row['final_loss'] = mean_std([r['final_loss'] for r in per.values()])[:2]
-        row['sec_per_iter'] = mean_std([r['sec_per_iter'] for r in per.values()])[:2]
-        if primary and reference and spec != reference:
-            diff = paired_difference(
-                {s: r['metrics'].get(primary) for s, r in per.items()},
-                {s: r['metrics'].get(primary) for s, r in runs[reference].items()})
-            row['paired_diff'] = diff['mean'], diff['std']
-            row['paired_n'], row['paired_wins'] = diff['n'], diff['wins']
-        rows[spec] = row
-    return dict(metrics=list(metrics), reference=reference, rows=rows,
-                per_seed={spec: {str(seed): dict(metrics=r['metrics'], final_loss=r['final_loss'],
-                                                 sec_per_iter=r['sec_per_iter'],
-                                                 last_iter=r.get('last_iter'))
-                                 for seed, r in per.items()} for spec, per in runs.items()})
-
-
-def markdown_table(summary: dict, title: str = '',
-                   describe: Optional[Mapping[str, str]] = None) -> str:
-    """The summary's tables; ``describe`` maps a setting's name to its 'what' cell."""
+def comparison_markdown(rows: Sequence[dict], metrics: Sequence[str], title: str = '',
+                        describe: Optional[Mapping[str, str]] = None) -> str:
+    """The tables of one config's rows: per setting the finished seeds, each of ``metrics``, the
+    final training loss and s/iter (mean ± std), the paired difference of the first metric to
+    the baseline setting; then the first metric and final loss per seed. ``describe`` maps a
+    setting's name to its 'what' cell."""
     describe = describe or {}
-    metrics, ref = summary['metrics'], summary['reference']
     primary = metrics[0] if metrics else None
     head = ['optimizer', 'what', 'n seeds'] + [f'{m} (final)' for m in metrics] + [
         'final train loss', 's/iter']
     if primary:
-        head.append(f'Δ {primary} vs {ref} (paired)')
+        head.append(f'Δ {primary} vs {rows[0]["baseline"]} (paired)')
     lines = [f'### {title}', ''] if title else []
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for spec, row in summary['rows'].items():
-        name = spec.split(':')[0]
-        cells = [f'`{spec}`', describe.get(name, ''), str(row['n'])]
-        cells += [fmt(*row[m]) for m in metrics]
-        cells += [fmt(*row['final_loss']), fmt(*row['sec_per_iter'], digits=3)]
+
+    def cell(stat, digits=4):
+        return fmt(stat['mean'], stat['std'], digits) if stat else 'n/a'
+
+    for row in rows:
+        spec = row['setting']
+        cells = [f'`{spec}`', describe.get(spec.split(':')[0], ''), str(len(row['finished']))]
+        cells += [cell(row['metrics'].get(m)) for m in metrics]
+        cells += [cell(row['final_loss']), cell(row['sec_per_iter'], digits=3)]
         if primary:
-            if 'paired_diff' in row:
-                cells.append(f'{fmt(*row["paired_diff"], digits=3)} '
-                             f'({row["paired_wins"]}/{row["paired_n"]} seeds higher)')
-            else:
+            d = row['delta'].get(primary)
+            if spec == row['baseline']:
                 cells.append('reference')
+            else:
+                cells.append(f'{fmt(d["mean"], d["std"], digits=3)} ({d["wins"]}/{d["n"]} seeds '
+                             'higher)' if d and d['n'] else '—')
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', 'mean ± sample standard deviation (ddof=1) over seeds; final train loss = mean '
               'of the logged losses over the last 10 % of the iterations; s/iter = median logged '
               'iteration time.']
     if primary:
         lines += ['', f'Per seed ({primary} / final train loss):', '']
-        seeds = sorted({s for per in summary['per_seed'].values() for s in per}, key=int)
+        seeds = sorted({s for row in rows for s in row['finished']})
         lines += ['| optimizer | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |',
                   '|---|' + '---|' * len(seeds)]
-        for spec, per in summary['per_seed'].items():
+        for row in rows:
+            metric = (row['metrics'].get(primary) or {}).get('values', {})
+            loss = row['final_loss']['values']
             cells = []
             for s in seeds:
-                r = per.get(s)
-                m = None if r is None else r['metrics'].get(primary)
-                cells.append('—' if r is None else
-                             f'{"n/a" if m is None else f"{m:.4g}"} / {r["final_loss"]:.4g}')
-            lines.append(f'| `{spec}` | ' + ' | '.join(cells) + ' |')
+                m, fl = metric.get(s), loss.get(s)
+                cells.append('—' if s not in row['finished'] else
+                             f'{"n/a" if m is None else f"{m:.4g}"} / '
+                             f'{"n/a" if fl is None else f"{fl:.4g}"}')
+            lines.append(f'| `{row["setting"]}` | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot(runs, summary, out_png: str, title: str = '') -> None:
-    import numpy as np
-    plt = _pyplot()
-
-    metrics = summary['metrics']
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw=dict(width_ratios=[1.5, 1]))
-    ax = axes[0]
-    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for k, (spec, per) in enumerate(runs.items()):
-        color = colors[k % len(colors)]
-        curves = [dict(zip(r['iters'], r['losses'])) for r in per.values() if r['iters']]
-        if not curves:
-            continue
-        common = sorted(set.intersection(*(set(c) for c in curves)))
-        arr = np.array([[c[i] for i in common] for c in curves])
-        mean = arr.mean(0)
-        ax.plot(common, mean, color=color, label=f'{spec} (n={len(curves)})')
-        if len(curves) > 1:
-            std = arr.std(0, ddof=1)
-            ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_yscale('log')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('training loss (logged window mean)')
-    ax.set_title('training loss, mean ± std over seeds', fontsize=10)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    if metrics:
-        primary = metrics[0]
-        names = list(runs)
-        for k, spec in enumerate(names):
-            vals = [r['metrics'].get(primary) for r in runs[spec].values()]
-            vals = [v for v in vals if v is not None]
-            color = colors[k % len(colors)]
-            ax.scatter([k] * len(vals), vals, color=color, alpha=0.5, s=18)
-            mean, std = summary['rows'][spec][primary]
-            if mean is not None:
-                ax.errorbar([k + 0.15], [mean], yerr=[std or 0], fmt='o', color=color,
-                            capsize=4, markersize=6)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
-        ax.set_ylabel(primary)
-        ax.set_title(f'final {primary}: seeds (dots), mean ± std', fontsize=10)
-        ax.grid(True, axis='y', alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-
-
-def write_outputs(runs, metrics, out: str, reference: Optional[str] = None, title: str = '',
-                  extra: Optional[dict] = None, make_plot: bool = True,
-                  describe: Optional[Mapping[str, str]] = None) -> dict:
-    """``<out>.md``, ``<out>.json`` and (``make_plot``) ``<out>.png``; returns the summary."""
-    summary = build_summary(runs, metrics, reference)
-    if extra:
-        summary.update(extra)
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    with open(out + '.md', 'w') as f:
-        f.write(markdown_table(summary, title, describe))
-    with open(out + '.json', 'w') as f:
-        json.dump(summary, f, indent=1)
-    if make_plot:
-        plot(runs, summary, out + '.png', title)
-    return summary
-
-
 # ------------------------------------------------------------ reproduce: a matrix of runs
-def matrix_rows(runs: Sequence[dict], baseline: str = 'baseline') -> List[dict]:
-    """One row per (config, setting), in first-seen order.
-
-    A row holds ``config``, ``setting``, ``baseline`` (the setting differences are taken to),
-    ``seeds`` (all), ``finished`` (the finished seeds), ``states`` ({state: count}),
-    ``metrics`` ({key: dict(mean, std, n)} over the finished seeds, for the metric keys the
-    config's finished runs logged; std is the sample std, None for one seed) and ``delta``
-    ({key: dict(mean, std, n)}: the paired difference to the ``baseline`` setting of the same
-    config over the seeds finished in both; empty for the baseline itself or without one).
-    """
-    groups: Dict[tuple, Dict[int, dict]] = {}
-    for r in runs:
-        groups.setdefault((r['config'], r['setting']), {})[r['seed']] = r
-
-    def finished_values(per, key):
-        return {s: r['metrics'].get(key) for s, r in per.items()
-                if r['state'] == 'finished' and r['metrics'].get(key) is not None}
-
-    keys: Dict[str, List[str]] = {}
-    for (config, _), per in groups.items():
-        found = keys.setdefault(config, [])
-        for r in per.values():
-            if r['state'] == 'finished':
-                found.extend(k for k in r['metrics'] if k not in found)
-    rows = []
-    for (config, setting), per in groups.items():
-        counts = Counter(r['state'] for r in per.values())
-        row = dict(config=config, setting=setting, baseline=baseline, seeds=list(per),
-                   finished=[s for s, r in per.items() if r['state'] == 'finished'],
-                   states={st: counts[st] for st in STATES if counts[st]}, metrics={}, delta={})
-        ref = groups.get((config, baseline)) if setting != baseline else None
-        for key in keys[config]:
-            values = finished_values(per, key)
-            row['metrics'][key] = dict(zip(('mean', 'std', 'n'), mean_std(list(values.values()))))
-            if ref is not None:
-                diff = paired_difference(values, finished_values(ref, key))
-                row['delta'][key] = {k: diff[k] for k in ('mean', 'std', 'n')}
-        rows.append(row)
-    return rows
-
-
 def metric_label(key: str) -> str:
     """'coco/bbox_mAP' -> 'box AP', 'coco/segm_mAP_50' -> 'mask AP_50', 'mIoU' -> 'mIoU'."""
     for prefix, label in LABELS.items():
@@ -450,62 +405,99 @@ def _write_yaml(path: str, doc: dict, yaml) -> str:
 
 
 # -------------------------------------------------------------------------------- plots
-def plot_curves(runs: Sequence[dict], out_png: str) -> None:
-    """Validation curves of a matrix: one subplot per config, its primary metric against the
-    step, one line per setting (mean over the seeds that logged the curve, at the steps all of
-    them logged; ± std band with two or more seeds)."""
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _primary(rows: Sequence[dict]) -> Optional[str]:
+    logged = [k for row in rows for k, stat in row['metrics'].items() if stat['n']]
+    return next((k for k in PRIMARY if k in logged), logged[0] if logged else None)
+
+
+def plot(rows: Sequence[dict], out_png: str, curve: str = 'metric', spread: bool = False,
+         title: str = '', metric: Optional[str] = None) -> None:
+    """Per config a panel of ``curve``: ``'loss'``, the training loss per iteration (log scale),
+    or ``'metric'``, the primary validation metric per step; one line per setting, the mean over
+    the seeds that logged it with a ± std band for two or more. ``spread`` adds per config a
+    panel of the final primary metric: each finished seed a dot, mean ± std a bar. The primary
+    metric is ``metric``, else the config's first of :data:`PRIMARY` logged."""
     import numpy as np
     plt = _pyplot()
 
-    by_config: Dict[str, Dict[str, List[dict]]] = {}
-    for r in runs:
-        by_config.setdefault(r['config'], {}).setdefault(r['setting'], []).append(r)
+    by_config: Dict[str, List[dict]] = {}
+    for row in rows:
+        by_config.setdefault(row['config'], []).append(row)
     panels = []
-    for config, settings in by_config.items():
-        logged = [k for recs in settings.values() for r in recs for k, c in r['curve'].items()
-                  if c]
-        key = next((k for k in PRIMARY if k in logged), logged[0] if logged else None)
+    for config, group in by_config.items():
+        primary = metric or _primary(group)
+        logged = [k for row in group for k in row['curves'] if k != 'loss']
+        key = ('loss' if any('loss' in row['curves'] for row in group) else None
+               ) if curve == 'loss' else (primary if primary in logged else
+                                           next(iter(logged), None))
         if key:
-            panels.append((config, settings, key))
+            panels.append((config, group, key, primary, False))
+        if spread and primary:
+            panels.append((config, group, primary, primary, True))
     cols = min(3, max(1, len(panels)))
-    rows = max(1, math.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    nrows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 4.5 * nrows), squeeze=False)
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    settings_seen: List[str] = []
-    for ax, (config, settings, key) in zip(axes.flat, panels):
-        factor = _scale(key)[0]
-        units = set()
-        for setting, recs in settings.items():
-            if setting not in settings_seen:
-                settings_seen.append(setting)
-            color = colors[settings_seen.index(setting) % len(colors)]
-            curves = [dict((s, v) for s, v in r['curve'].get(key) or []) for r in recs]
-            used = [r for r, c in zip(recs, curves) if c]
-            curves = [c for c in curves if c]
-            if not curves:
+    settings = list(dict.fromkeys(row['setting'] for row in rows))
+    for ax, (config, group, key, primary, dots) in zip(axes.flat, panels):
+        factor = 1.0 if key == 'loss' else _scale(key)[0]
+        stem = osp.splitext(osp.basename(config))[0]
+        if dots:
+            for k, row in enumerate(group):
+                stat = row['metrics'].get(key)
+                if not stat or not stat['n']:
+                    continue
+                color = colors[settings.index(row['setting']) % len(colors)]
+                ax.scatter([k] * stat['n'], [v * factor for v in stat['values'].values()],
+                           color=color, alpha=0.5, s=18)
+                ax.errorbar([k + 0.15], [stat['mean'] * factor],
+                            yerr=[(stat['std'] or 0) * factor], fmt='o', color=color,
+                            capsize=4, markersize=6)
+            ax.set_xticks(range(len(group)))
+            ax.set_xticklabels([row['setting'] for row in group], rotation=30, ha='right',
+                               fontsize=8)
+            ax.set_ylabel(metric_label(key))
+            ax.set_title(f'{stem}: final {metric_label(key)}, seeds (dots), mean ± std',
+                         fontsize=8)
+            ax.grid(True, axis='y', alpha=0.3)
+            continue
+        for row in group:
+            c = row['curves'].get(key)
+            if not c:
                 continue
-            units.update(r['step_unit'] for r in used)
-            common = sorted(set.intersection(*(set(c) for c in curves)))
-            arr = np.array([[c[s] * factor for s in common] for c in curves], dtype=float)
-            mean = arr.mean(0)
-            unfinished = sum(r['state'] != 'finished' for r in used)
-            ax.plot(common, mean, marker='.', color=color,
-                    label=f'{setting} (n={len(curves)}'
-                    + (f', {unfinished} unfinished)' if unfinished else ')'))
-            if len(curves) > 1:
-                std = arr.std(0, ddof=1)
-                ax.fill_between(common, mean - std, mean + std, color=color, alpha=0.2)
-        unit = units.pop() if len(units) == 1 else None
+            color = colors[settings.index(row['setting']) % len(colors)]
+            mean = np.array([np.nan if m is None else m * factor for m in c['mean']])
+            label = f'{row["setting"]} (n={c["n"]}' + (
+                f', {c["unfinished"]} unfinished)' if c['unfinished'] else ')')
+            stat = row['metrics'].get(primary) if primary else None
+            if key == 'loss' and stat and stat['n']:
+                label += f': {metric_label(primary)} {_stat_text(primary, stat)}'
+            ax.plot(c['steps'], mean, marker=None if key == 'loss' else '.', color=color,
+                    label=label)
+            if c['n'] > 1:
+                std = np.array([np.nan if d is None else d * factor for d in c['std']])
+                ax.fill_between(c['steps'], mean - std, mean + std, color=color, alpha=0.2)
+        if key == 'loss':
+            ax.set_yscale('log')
+        unit = next((row['curves'][key]['unit'] for row in group if key in row['curves']), None)
         ax.set_xlabel({'epoch': 'epoch', 'iter': 'iteration'}.get(unit, 'step'))
-        ax.set_ylabel(metric_label(key))
-        ax.set_title(osp.splitext(osp.basename(config))[0], fontsize=8)
-        ax.grid(True, alpha=0.3)
+        ax.set_ylabel('training loss' if key == 'loss' else metric_label(key))
+        ax.set_title(stem, fontsize=8)
+        ax.grid(True, which='both', alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis('off')
     if not panels:
-        axes[0][0].text(0.5, 0.5, 'no validation curves logged yet', ha='center', va='center')
-    fig.suptitle('validation metric per step, mean ± std over seeds', fontsize=10)
+        axes[0][0].text(0.5, 0.5, 'nothing logged yet', ha='center', va='center')
+    fig.suptitle(title or ('training loss' if curve == 'loss' else 'validation metric')
+                 + ' per step, mean ± std over seeds', fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

@@ -383,20 +383,28 @@ def state(d: str) -> str:
     return 'interrupted' if checkpoint and job.get('progress', True) else 'failed'
 
 
-def describe(work_dir: str, run: Run) -> dict:
-    """What gather and status show of a run: state, progress, final metrics, metric curves."""
+def describe(work_dir: str, run: Run, metric_keys: Sequence[str] = ()) -> dict:
+    """A run as every report reads it (:func:`mmfame.experiments.report.summarize`) and status
+    shows it: state, progress, the final value of each metric (``metric_keys``, else those of
+    the known tasks that were logged; a finished run's only), the metric curves and the
+    training loss curve (``curve['loss']``), the final loss and the seconds per iteration."""
     d = run_dir(work_dir, run)
     records = logs.all_scalars(d)
-    keys = [g[0] for g in logs.KNOWN_METRICS if any(g[0] in r for r in records)]
+    logged = set().union(*records) if records else set()
+    keys = list(metric_keys) or [k for group in logs.KNOWN_METRICS if group[0] in logged
+                                 for k in group if k in logged]
     st = state(d)
     lock = _lock(d)
     done = _read_json(osp.join(d, 'done.json')) or {}
+    train = logs.summarize_run(records, keys)
+    curve = {k: logs.metric_curve(records, k) for k in keys}
+    curve['loss'] = [list(p) for p in zip(train['iters'], train['losses'])]
     return dict(
         config=run.config, setting=run.setting, seed=run.seed, state=st, key=run.key,
-        metrics={k: done.get('metrics', {}).get(k) for k in keys} if st == 'finished' else {},
-        curve={k: logs.metric_curve(records, k) for k in keys},
+        metrics=train['metrics'] if st == 'finished' else {}, curve=curve,
         step_unit='epoch' if logs.by_epoch(records) else 'iter',
-        last_iter=max((r['iter'] for r in logs.training_records(records)), default=None),
+        final_loss=train['final_loss'], sec_per_iter=train['sec_per_iter'],
+        last_iter=train.get('last_iter'), seconds=done.get('seconds'),
         checkpoint=logs.latest_checkpoint(d), work_dir=d,
         holder=describe_holder(lock) if lock else None, holder_alive=bool(lock and lock['alive']),
         log_tail=logs.tail(osp.join(d, 'launch.log')) if st in ('failed', 'interrupted') else '')

@@ -28,35 +28,25 @@ with ``NAME:key=value`` overrides (``sgd:lr=0.02``, ``fame:beta3=0.5:beta4=0.5``
 holds one comparison (another set of settings, seeds or budget needs another ``--work-dir``).
 """
 import argparse
-import json
 import os
 import os.path as osp
 import sys
 import time
 
-from mmfame.experiments import logs, runs
+from mmfame.experiments import logs, report, runs
 from mmfame.experiments.configs import (DOC_SETTINGS, load_config, parse_setting,
                                         select_configs)
-from mmfame.experiments.report import write_outputs
 
 
 def collect(work_dir, matrix, metrics=None):
-    """{setting: {seed: summary}} of the finished runs, the metric keys and the run seconds."""
-    raw, seconds = {}, {}
-    for spec in matrix.settings:
-        raw[spec] = {}
-        for seed in matrix.seeds:
-            d = runs.run_dir(work_dir, runs.Run(matrix.configs[0], spec, seed))
-            if runs.state(d) == 'finished':
-                raw[spec][seed] = logs.all_scalars(d)
-                with open(osp.join(d, 'done.json')) as f:
-                    seconds[f'{spec}/seed_{seed}'] = json.load(f).get('seconds')
+    """The run records of the matrix and the metric keys shown (``metrics``, else detected from
+    the finished runs: coco/bbox_mAP or mIoU first)."""
+    records = [runs.describe(work_dir, runs.Run(config, setting, seed), metrics or ())
+               for config in matrix.configs for setting in matrix.settings
+               for seed in matrix.seeds]  # an alias (tema = fame) gets its rows from shared runs
     if not metrics:
-        metrics = logs.detect_metrics([r for per in raw.values() for recs in per.values()
-                                       for r in recs])
-    out = {spec: {seed: logs.summarize_run(recs, metrics) for seed, recs in per.items()}
-           for spec, per in raw.items()}
-    return {s: per for s, per in out.items() if per}, list(metrics), seconds
+        metrics = logs.detect_metrics([r['metrics'] for r in records if r['state'] == 'finished'])
+    return records, list(metrics)
 
 
 def parse_args(argv=None):
@@ -116,24 +106,26 @@ def main(argv=None):
         os.environ.setdefault('PYTHONWARNINGS', 'ignore')
         runs.launch(matrix, work_dir, runs.Launcher('local'), max_jobs=args.jobs,
                     echo=lambda s: print(s.replace('[reproduce]', '[compare]'), flush=True))
-    found, metrics, seconds = collect(work_dir, matrix, args.metric)
-    missing = [f'{s}/seed_{seed}' for s in args.optimizers for seed in args.seeds
-               if seed not in found.get(s, {})]
+    records, metrics = collect(work_dir, matrix, args.metric)
+    missing = [r['key'] for r in records if r['state'] != 'finished']
     if missing:
         print(f'[compare] no finished runs for: {", ".join(missing)}', flush=True)
-    if not found:
+    if len(missing) == len(records):
         sys.exit(f'compare_optimizers: no finished runs under {work_dir}')
-    summary = write_outputs(found, metrics, out, args.reference, args.title,
-                            extra=dict(config=args.config, iters=args.iters, seeds=args.seeds,
-                                       run_seconds=seconds,
-                                       total_run_seconds=round(sum(
-                                           v for v in seconds.values() if v), 1)),
-                            describe=DOC_SETTINGS)
-    with open(out + '.md') as f:
-        print(f.read())
+    reference = args.reference if args.reference in matrix.settings else matrix.settings[0]
+    rows = [row for row in report.summarize(records, baseline=reference) if row['finished']]
+    seconds = {r['key']: r['seconds'] for r in records if r['state'] == 'finished'}
+    table = report.comparison_markdown(rows, metrics, args.title, describe=DOC_SETTINGS)
+    report.write_outputs(out, rows, records, table, curve='loss', spread=True, title=args.title,
+                         metric=metrics[0] if metrics else None,
+                         extra=dict(config=args.config, iters=args.iters, seeds=args.seeds,
+                                    metrics=metrics, reference=reference, run_seconds=seconds,
+                                    total_run_seconds=round(sum(
+                                        v for v in seconds.values() if v), 1)))
+    print(table)
     print(f'[compare] wrote {out}.md, {out}.png, {out}.json '
           f'({time.time() - t_all:.0f} s this invocation)')
-    return summary
+    return rows
 
 
 if __name__ == '__main__':
