@@ -3,8 +3,11 @@
 ``RankStateHook``: at the end of a run every rank writes what it holds: the bytes of its optimizer
 state (its shard under ZeRO or FSDP, all of it under DDP), a hash of its weights, the model
 wrapper, and under Slurm its node and the MASTER_ADDR it joined.
-``PauseAtHook``: every rank waits after iteration ``MMFAME_PAUSE_AT`` until it got a stop signal
-or ``<work_dir>/go`` exists, so that a test signals a run at a known iteration.
+``PauseAtHook``: every rank waits after iteration ``MMFAME_PAUSE_AT`` (or, with
+``MMFAME_PAUSE_IN_VAL=1``, after the first iteration of the first validation) until it got a stop
+signal or ``<work_dir>/go`` exists, so that a test signals a run at a known point.
+``SampleLogHook``: every rank appends the epoch and the images of each batch it trains to
+``<work_dir>/samples_rank<R>.jsonl``.
 """
 import hashlib
 import json
@@ -43,8 +46,15 @@ class PauseAtHook(Hook):
     priority = 'VERY_LOW'  # before PreemptionHook (LOWEST) acts on the signal
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if runner.iter + 1 != int(os.environ.get('MMFAME_PAUSE_AT', 0)):
-            return
+        if runner.iter + 1 == int(os.environ.get('MMFAME_PAUSE_AT', 0)):
+            self._pause(runner)
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if os.environ.get('MMFAME_PAUSE_IN_VAL') == '1' and batch_idx == 0:
+            os.environ['MMFAME_PAUSE_IN_VAL'] = '0'  # the first validation only
+            self._pause(runner)
+
+    def _pause(self, runner):
         preemption = next(h for h in runner.hooks if type(h).__name__ == 'PreemptionHook')
         with open(os.path.join(runner.work_dir, f'paused_rank{get_rank()}'), 'w') as f:
             f.write(str(os.getpid()))
@@ -52,3 +62,13 @@ class PauseAtHook(Hook):
         go = os.path.join(runner.work_dir, 'go')
         while preemption.received is None and not os.path.exists(go) and time.time() < deadline:
             time.sleep(0.1)
+
+
+@HOOKS.register_module(force=True)
+class SampleLogHook(Hook):
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        images = [os.path.basename(s.img_path) for s in data_batch['data_samples']]
+        path = os.path.join(runner.work_dir, f'samples_rank{get_rank()}.jsonl')
+        with open(path, 'a') as f:
+            f.write(json.dumps(dict(epoch=runner.epoch, images=images)) + '\n')

@@ -115,6 +115,18 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_part(tmp_path):
     assert path.read_bytes() == b'new' and os.listdir(tmp_path) == ['iter_4.pth']
 
 
+def test_parts_of_killed_writers_go_with_the_next_save_of_their_name_and_a_resume(tmp_path):
+    """A writer killed before its rename leaves a full-size hidden part: the next save of that
+    checkpoint removes it, and a bare --resume of the work dir removes every one."""
+    for name in ('.iter_4.pth.123.part', '.iter_4.pth.456.part', '.iter_8.pth.789.part'):
+        (tmp_path / name).write_bytes(b'x' * 10)
+    AtomicLocalBackend().put(b'new', tmp_path / 'iter_4.pth')
+    assert sorted(os.listdir(tmp_path)) == ['.iter_8.pth.789.part', 'iter_4.pth']
+    _write(str(tmp_path / 'iter_4.pth'), 'whole')
+    resume_checkpoint(str(tmp_path))
+    assert os.listdir(tmp_path) == ['iter_4.pth']
+
+
 # id: (default_hooks.checkpoint of a config, whether tools/train.py makes it write atomically)
 CHECKPOINT_HOOKS = {
     'mmengine default': (dict(type='CheckpointHook', interval=1), True),

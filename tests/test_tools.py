@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import os.path as osp
+import shlex
 import shutil
 import signal
 import subprocess
@@ -334,8 +335,11 @@ def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data,
                           stderr=subprocess.STDOUT, text=True, timeout=TOOL_TIMEOUT)
     assert proc.returncode == -9, proc.stdout[-3000:]  # killed mid-write, as meant
     assert not osp.exists(osp.join(work, f'iter_{2 * N}.pth'))  # never a file cut short
+    assert len(glob.glob(osp.join(work, f'.iter_{2 * N}.pth.*.part'))) == 1
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options(2 * N))
     assert f'resumed epoch: 0, iter: {N}' in out
+    assert 'resume: removed 1 temporary file(s) of checkpoint writes that were killed' in out
+    assert not glob.glob(osp.join(work, '.*.part'))
     assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),
                            osp.join(work, f'iter_{2 * N}.pth'))
 
@@ -398,6 +402,14 @@ PREEMPTIONS = {
 }
 
 
+def signal_storm(pid, sig):
+    """One preemption as a rank under ``srun torchrun`` gets it: Slurm's signal, torchrun's
+    forwarded copy milliseconds later, and one more."""
+    for _ in range(3):
+        os.kill(pid, sig)
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('case', PREEMPTIONS)
 def test_a_preempted_run_saves_at_the_signal_and_resumes_exactly(case, det_run, demo_data,
@@ -422,9 +434,10 @@ def test_a_preempted_run_saves_at_the_signal_and_resumes_exactly(case, det_run, 
     work = str(tmp_path / 'preempted')
     rc, out = signalled_run([PY, 'tools/train.py', cfg, '--work-dir', work] + options,
                             rank_env(MMFAME_PAUSE_AT=stop), work, 1,
-                            lambda pids: os.kill(pids[0], sig))
+                            lambda pids: signal_storm(pids[0], sig))
     assert rc == 75, out[-3000:]
     assert f'{sig.name}: saving a checkpoint at the end of this iteration' in out
+    assert '(2 repeated signals were the same preemption)' in out, out[-3000:]
     assert_preempted_at(work, stop, out)
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options,
                    env=rank_env())
@@ -432,6 +445,63 @@ def test_a_preempted_run_saves_at_the_signal_and_resumes_exactly(case, det_run, 
     if text:
         assert f'Resuming epoch 2 after its first {stop - 4} batches' in out
     assert_same_checkpoint(osp.join(reference, final), osp.join(work, final))
+
+
+@pytest.mark.slow
+def test_a_preemption_during_validation_saves_and_validates_again_on_resume(det_run, demo_data,
+                                                                             tmp_path):
+    """SIGTERM while the validation after iteration N runs: the validation stops, the state
+    after N is saved (marked to validate first) and the run exits 75; --resume runs that
+    validation, then trains on to the weights of the uninterrupted run (det_run)."""
+    cfg = paused_config(tmp_path / 'paused.py')
+    options = cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64,
+                          extra=[f'train_cfg.val_interval={N}'])
+    work = str(tmp_path / 'preempted')
+    rc, out = signalled_run([PY, 'tools/train.py', cfg, '--work-dir', work] + options,
+                            rank_env(MMFAME_PAUSE_IN_VAL=1), work, 1,
+                            lambda pids: os.kill(pids[0], signal.SIGTERM))
+    assert rc == 75, out[-3000:]
+    assert f'Preempted during validation: saved {work}/iter_{N}.pth' in out, out[-3000:]
+    assert_preempted_at(work, N, out)
+    assert _load(osp.join(work, f'iter_{N}.pth'))['meta']['validate_first'] is True
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options,
+                   env=rank_env())
+    resumed = out.index(f'resumed epoch: 0, iter: {N}')
+    validated = out.index('Resuming with the validation the stopped run was preempted in.')
+    assert resumed < validated < out.index(f'Iter(val) [1/', validated) < \
+        out.index(f'Iter(train) [{N + 1}/'), out[-3000:]
+    assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'),
+                           osp.join(work, f'iter_{2 * N}.pth'))
+
+
+@pytest.mark.slow
+def test_a_resume_with_other_ranks_and_batch_trains_each_sample_once(demo_data, tmp_path):
+    """An epoch-based run of 2 ranks x batch 2 stopped inside its second epoch, resumed on 1
+    rank x batch 3: that epoch trains each of its 8 images once, the first epoch is untouched,
+    and the log says what the resume did."""
+    cfg = rank_config(tmp_path / 'layout.py', EPOCH_BASED + "custom_hooks = [dict(type="
+                      "'PauseAtHook'), dict(type='SampleLogHook')]\n")
+    options = [o for o in cfg_options(cfg, demo_data, max_iters=0, ckpt_interval=N, size=64)
+               if not o.startswith(('train_cfg.', 'default_hooks.chec'))]
+    work = str(tmp_path / 'layout')
+    rc, out = signalled_run(
+        ['bash', 'tools/dist_train.sh', cfg, '2', '--work-dir', work] + options,
+        rank_env(PORT=free_port(), MMFAME_PAUSE_AT=3), work, 2,
+        lambda pids: os.kill(pids[0], signal.SIGTERM))
+    assert rc != 0, out[-3000:]
+    assert_preempted_at(work, 3, out)
+    out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options
+                   + ['train_dataloader.batch_size=3'], env=rank_env())
+    assert 'Resuming epoch 2 with another layout: the stopped run trained 4 of its 8 samples ' \
+        'on 2 ranks x batch 2' in out and 'this run trains the other 4 on 1 rank x batch 3' \
+        in out, out[-3000:]
+    trained = {0: [], 1: []}
+    for path in glob.glob(osp.join(work, 'samples_rank*.jsonl')):
+        for line in open(path):
+            record = json.loads(line)
+            trained[record['epoch']] += record['images']
+    assert len(trained[0]) == len(set(trained[0])) == 8, trained
+    assert sorted(trained[1]) == sorted(trained[0]), trained
 
 
 # id: (launcher, who gets the signal)
@@ -486,21 +556,44 @@ def test_two_ranks_agree_on_the_iteration_they_stop_at(case, ddp_run, demo_data,
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
+# id: (how the job is submitted, how it is stopped and requeued)
+REQUEUES = {
+    'REQUEUE=1, a B: warning passed on by its batch shell': 'slurm_train.sh',
+    "the user's #SBATCH --requeue script, scontrol requeue": 'user script',
+}
+
+
 @pytest.mark.slow
-def test_a_requeued_slurm_job_resumes_by_itself(slurm_cluster, ddp_run, demo_data, tmp_path):
-    """REQUEUE=1 slurm_train.sh submits a batch job; Slurm's warning signal mid-interval makes
-    its ranks save and the job requeue itself, and its next start resumes with no command rerun,
-    ending with the weights of the uninterrupted 2-rank run (ddp_run)."""
+@pytest.mark.parametrize('case', REQUEUES)
+def test_a_requeued_slurm_job_resumes_by_itself(case, slurm_cluster, ddp_run, demo_data,
+                                                tmp_path):
+    """A batch job stopped mid-interval is requeued, its ranks having saved, and its next start
+    resumes with no command rerun, ending with the weights of the uninterrupted 2-rank run
+    (ddp_run): REQUEUE=1 slurm_train.sh with SIGNAL=B:USR1 (the warning reaches the batch shell
+    alone, which passes it on to the ranks; the job requeues itself), and a user's own
+    ``#SBATCH --requeue`` script calling slurm_train.sh, requeued by ``scontrol requeue`` (what
+    PreemptMode=REQUEUE does: SIGTERM to every process, then the job back in the queue)."""
     cfg = rank_config(tmp_path / 'paused.py', "custom_hooks = [dict(type='RankStateHook'), "
                       "dict(type='PauseAtHook')]\n")
     work = str(tmp_path / 'requeued')
     env = slurm_env(slurm_cluster['SLURM_CONF'], GPUS=2, GPUS_PER_NODE=1, CPUS_PER_TASK=1,
-                    MASTER_PORT=free_port(), OMP_NUM_THREADS=1, REQUEUE=1,
-                    MMFAME_PAUSE_AT=N - 1,
+                    MASTER_PORT=free_port(), OMP_NUM_THREADS=1, MMFAME_PAUSE_AT=N - 1,
                     PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    out = run_tool(['bash', 'tools/slurm_train.sh', slurm_cluster['partition'], 'mmfame-requeue',
-                    cfg, work] + cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N,
-                                             size=64), env=env)
+    train = ['bash', 'tools/slurm_train.sh', slurm_cluster['partition'], 'mmfame-requeue', cfg,
+             work] + cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64)
+    if REQUEUES[case] == 'slurm_train.sh':
+        out = run_tool(train, env=dict(env, REQUEUE='1', SIGNAL='B:USR1@90'))
+        stop = ['scancel', '--batch', '--signal=USR1']
+    else:
+        os.makedirs(work)
+        script = tmp_path / 'job.sh'
+        script.write_text('#!/usr/bin/env bash\n#SBATCH --requeue\n'
+                          f'cd {shlex.quote(REPO)}\n{shlex.join(train)}\n')
+        out = run_tool(['sbatch', '--parsable', '--open-mode=append', '-p',
+                        slurm_cluster['partition'], '--gres=gpu:1', '--ntasks=2',
+                        '--ntasks-per-node=1', '--cpus-per-task=1',
+                        f'--output={work}/slurm-%j.out', str(script)], env=env)
+        stop = ['scontrol', 'requeue']
     job = out.strip().splitlines()[-1]
     assert job.isdigit(), out
 
@@ -512,12 +605,13 @@ def test_a_requeued_slurm_job_resumes_by_itself(slurm_cluster, ddp_run, demo_dat
     try:
         wait_for(lambda: all(osp.exists(osp.join(work, f'paused_rank{r}')) for r in range(2))
                  or not queued(), 600, 'the ranks to pause')
-        subprocess.run(['scancel', '--signal=USR1', job], env=env, check=True, timeout=60)
+        subprocess.run(stop + [job], env=env, check=True, timeout=60)
         wait_for(lambda: not queued(), 900, 'the requeued job to finish')
     finally:
         subprocess.run(['scancel', job], env=env, timeout=60)
     log = open(osp.join(work, f'slurm-{job}.out')).read()
     assert 'exiting with 75' in log and f'resumed epoch: 0, iter: {N - 1}' in log, log[-3000:]
+    assert f'stopped this config after iteration {N - 1}: resuming it' in log, log[-3000:]
     assert {r['weights'] for r in rank_reports(work, 2)} == {
         r['weights'] for r in rank_reports(ddp_run['work_dir'], 2)}
     assert_same_checkpoint(osp.join(ddp_run['work_dir'], f'iter_{2 * N}.pth'),
@@ -1033,6 +1127,83 @@ def test_launcher_scripts_run_upstream_command_lines(case, tmp_path):
     assert osp.realpath(pythonpath.split(os.pathsep)[0]) == REPO, pythonpath
 
 
+def run_launcher(tmp_path, args, env_set):
+    """tools/slurm_train.sh ARGS with stand-ins for srun/sbatch (and the real python first on
+    PATH): (process, the argv srun or sbatch got, or None)."""
+    stubs = tmp_path / 'bin'
+    stubs.mkdir(exist_ok=True)
+    for name in ('srun', 'sbatch'):
+        (stubs / name).write_text(ARGV_STUB)
+        (stubs / name).chmod(0o755)
+    log = tmp_path / 'argv'
+    env = dict(PATH=f'{stubs}{os.pathsep}{os.environ["PATH"]}', HOME=str(tmp_path),
+               PYTHON=PY, MMFAME_ARGV_LOG=str(log), **{k: str(v) for k, v in env_set.items()})
+    proc = subprocess.run([osp.join(TOOLS, 'slurm_train.sh'), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    return proc, log.read_text().split('\0')[2:-1] if log.exists() else None
+
+
+# id: (work dir files, env, extra args, whether a bare --resume is added)
+RESUMES = {
+    'a fresh work dir': ({}, {}, [], False),
+    'a preemption record of this config': ({'preempted.json': 'cfg.py', 'last_checkpoint': None},
+                                           {}, [], True),
+    'a record of another config': ({'preempted.json': 'other.py', 'last_checkpoint': None}, {},
+                                   [], False),
+    'a requeued job with a checkpoint': ({'last_checkpoint': None},
+                                         dict(SLURM_RESTART_COUNT=1), [], True),
+    'a requeued job without one': ({}, dict(SLURM_RESTART_COUNT=1), [], False),
+    'the arguments choose': ({'preempted.json': 'cfg.py', 'last_checkpoint': None}, {},
+                             ['--resume', 'x.pth'], False),
+}
+
+
+@pytest.mark.parametrize('case', RESUMES)
+def test_slurm_train_resumes_a_preempted_or_requeued_run_of_its_config(case, tmp_path):
+    """However the job was requeued (REQUEUE=1, the user's #SBATCH --requeue script, scontrol
+    requeue), srun's train.py gets a bare --resume where the work dir holds this config's
+    preemption record or a restarted job finds a checkpoint."""
+    files, env, extra, resumes = RESUMES[case]
+    work = tmp_path / 'w'
+    work.mkdir()
+    (tmp_path / 'cfg.py').write_text('')
+    for name, config in files.items():
+        text = json.dumps(dict(config=str(tmp_path / config))) if config else 'iter_2.pth'
+        (work / name).write_text(text)
+    proc, argv = run_launcher(tmp_path, ['part', 'job', 'cfg.py', 'w', *extra], env)
+    assert proc.returncode == 0, proc.stderr
+    expected = ['--launcher=slurm', *extra] + ['--resume'] * resumes
+    assert argv[-len(expected):] == expected, argv
+    assert ('resuming' in proc.stdout) == resumes, proc.stdout
+
+
+@pytest.mark.parametrize('signal_arg, requeue, refused', [
+    ('B:USR1@90', 0, 'signals the batch shell alone'),
+    ('USR1', 0, 'expected [R:][B:]SIG@SECONDS'),
+    ('USR1@soon', 0, 'expected [R:][B:]SIG@SECONDS'),
+    ('B:USR1@90', 1, None),
+    ('R:TERM@60', 0, None),
+])
+def test_slurm_train_checks_its_signal(signal_arg, requeue, refused, tmp_path):
+    """SIGNAL has Slurm's form and B: (the batch shell alone) is taken only where a batch shell
+    of slurm_train.sh's own passes it on (REQUEUE=1); a signal the ranks do not save on by
+    default is said."""
+    proc, argv = run_launcher(tmp_path, ['part', 'job', 'cfg.py', 'w'],
+                              dict(SIGNAL=signal_arg, REQUEUE=requeue))
+    if refused:
+        assert proc.returncode == 2 and refused in proc.stderr and argv is None, proc.stderr
+        assert 'slurm_train.sh: SIGNAL=' in proc.stderr.splitlines()[-1]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert f'--signal={signal_arg}' in argv and 'slurm_train.sh:' not in proc.stderr
+
+
+def test_slurm_train_says_when_the_ranks_would_not_save_on_its_signal(tmp_path):
+    proc, argv = run_launcher(tmp_path, ['part', 'job', 'cfg.py', 'w'], dict(SIGNAL='USR2@300'))
+    assert proc.returncode == 0 and '--signal=USR2@300' in argv, proc.stderr
+    assert 'PreemptionHook(signals=...) must name USR2' in proc.stderr
+
+
 def test_amp_flag_refuses_to_replace_another_optim_wrapper(tmp_path):
     """--amp turns an OptimWrapper into an AmpOptimWrapper, as mmdet's tools/train.py; another
     wrapper type is refused, naming it, before anything is built (mmdet asserts)."""
@@ -1045,3 +1216,14 @@ def test_amp_flag_refuses_to_replace_another_optim_wrapper(tmp_path):
     assert "ValueError: --amp turns optim_wrapper.type OptimWrapper into AmpOptimWrapper, got " \
            "optim_wrapper.type='OptimWrapperDict'" in proc.stdout, proc.stdout[-3000:]
     assert not list(tmp_path.iterdir())  # nothing built, no log written
+
+
+def test_a_work_dir_that_cannot_be_written_is_one_line_with_the_fix(tmp_path):
+    (tmp_path / 'file').write_text('')
+    work = str(tmp_path / 'file' / 'work')  # under a file: no user can create it, root neither
+    proc = subprocess.run([PY, 'tools/train.py', DET_CFG, '--work-dir', work], cwd=REPO,
+                          env=tool_env(), capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'work_dir {work} cannot be written (Not a directory): choose another with --work-dir, '
+        'or make it writable')

@@ -24,8 +24,8 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 import mmfame  # noqa: F401  (registers FAME)
-from mmfame.engine import (PreemptionHook, build_runner, finalize_distributed, resume_checkpoint,
-                           setup_cpu_distributed, use_atomic_checkpoints)
+from mmfame.engine import (PreemptionHook, build_runner, check_work_dir, finalize_distributed,
+                           resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
 
 
 def parse_args():
@@ -101,6 +101,9 @@ def main():
         # use config filename as default work_dir if cfg.work_dir is None
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
+
+    # a work dir that cannot be written: one line with the fix, before anything is built
+    check_work_dir(cfg.work_dir)
 
     # enable automatic-mixed-precision training
     if args.amp is True:

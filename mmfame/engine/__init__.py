@@ -16,7 +16,7 @@ from .checkpoint import (checkpoint_allowlist, checkpoint_safe_globals, history_
                          register_checkpoint_safe_globals)
 from .dist import (CPU_DDP_TYPE, CPU_FSDP_TYPE, MMFameCPUDDP, MMFameCPUFSDP, cuda_available,
                    finalize_distributed, patch_init_dist_for_cpu, setup_cpu_distributed)
-from .fileio import ATOMIC_BACKEND, AtomicLocalBackend, use_atomic_checkpoints
+from .fileio import ATOMIC_BACKEND, AtomicLocalBackend, check_work_dir, use_atomic_checkpoints
 from .registry import register_all
 from .resume import resume_checkpoint, unreadable_reason
 from .runners import build_runner
@@ -37,7 +37,7 @@ __all__ = [
     'cuda_available', 'finalize_distributed', 'patch_init_dist_for_cpu', 'setup_cpu_distributed',
     'resume_checkpoint', 'unreadable_reason', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
     'PreemptionHook', 'ZeroCheckpointHook', 'ATOMIC_BACKEND', 'AtomicLocalBackend',
-    'use_atomic_checkpoints', 'build_runner'
+    'check_work_dir', 'use_atomic_checkpoints', 'build_runner'
 ]
 
 

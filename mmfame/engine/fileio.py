@@ -4,15 +4,20 @@ mmengine writes a checkpoint straight under its final name: a job killed during 
 SIGKILL after ``KillWait``, a node failure, a full disk) leaves a file cut short under the name a
 resume looks for. :class:`AtomicLocalBackend` is mmengine's local file backend writing to a
 temporary name in the same folder, syncing it to disk and renaming it over the final name, so
-that a checkpoint is either the old file, the new one whole, or absent. ``tools/train.py`` makes
+that a checkpoint is either the old file, the new one whole, or absent; the temporary files of
+writers killed mid-write are removed by the next save of the name and by a resume. ``tools/train.py`` makes
 a config's CheckpointHook write through it (:func:`use_atomic_checkpoints`).
 """
+import glob
 import os
 import os.path as osp
+import tempfile
+from typing import Optional
 
 from mmengine.fileio.backends import LocalBackend
 
-__all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'use_atomic_checkpoints']
+__all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'check_work_dir', 'remove_parts',
+           'use_atomic_checkpoints']
 
 ATOMIC_BACKEND = 'mmfame_atomic_local'  # its name in mmengine's file backends
 
@@ -25,6 +30,7 @@ class AtomicLocalBackend(LocalBackend):
         folder, name = osp.split(filepath)
         os.makedirs(folder or '.', exist_ok=True)
         part = osp.join(folder, f'.{name}.{os.getpid()}.part')
+        remove_parts(folder or '.', name)  # of writers killed before they renamed
         try:
             with open(part, 'wb') as f:
                 f.write(obj)
@@ -34,6 +40,31 @@ class AtomicLocalBackend(LocalBackend):
         finally:
             if osp.exists(part):
                 os.remove(part)
+
+
+def remove_parts(folder: str, name: Optional[str] = None) -> list:
+    """Remove the temporary files that writers of ``name`` (None: any) in ``folder`` left when
+    killed, and return their paths (only the run owning the folder writes there)."""
+    pattern = '.*.part' if name is None else f'.{glob.escape(name)}.*.part'
+    parts = glob.glob(osp.join(glob.escape(folder), pattern))
+    for part in parts:
+        try:
+            os.remove(part)
+        except FileNotFoundError:
+            pass
+    return parts
+
+
+def check_work_dir(path: str) -> None:
+    """Exit with one line naming ``path``, the reason and the fix where the work dir cannot be
+    created or written (before anything is built, instead of the Runner's traceback)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise SystemExit(f'work_dir {path} cannot be written ({e.strerror or e}): choose another '
+                         'with --work-dir, or make it writable') from None
 
 
 def use_atomic_checkpoints(cfg) -> None:

@@ -3,25 +3,27 @@
 Slurm ends a preempted or timed-out job with SIGTERM (then SIGKILL after ``KillWait``) and, where
 asked (``--signal=USR1@90``), warns it with SIGUSR1; torchrun passes a SIGTERM it gets on to
 every rank. :class:`PreemptionHook` (added to every run by ``tools/train.py``) turns either
-signal into: finish the current iteration, agree on it across ranks (the rank that got no signal
-stops at the same iteration), save a resumable checkpoint with every rank taking part (ZeRO and
-FSDP gather their shards), name it in ``last_checkpoint``, and exit with :data:`PREEMPTED_EXIT`
-(``EX_TEMPFAIL``: "try again"), beside a ``preempted.json`` record that launchers which report
-their own status (torchrun, srun) cannot lose. A second signal stops at once, as without the hook.
+signal into: finish the current iteration (or stop the validation in progress), agree on it
+across ranks (the rank that got no signal stops at the same iteration), save a resumable
+checkpoint with every rank taking part (ZeRO and FSDP gather their shards), name it in
+``last_checkpoint``, and exit with :data:`PREEMPTED_EXIT` (``EX_TEMPFAIL``: "try again"), beside
+a ``preempted.json`` record that launchers which report their own status (torchrun, srun) cannot
+lose. Copies of the signal (Slurm signals every process, a launcher forwards its own) are one
+preemption; a repeat after the grace period stops at once, as does SIGINT.
 
-An epoch-based run stopped mid-epoch resumes inside that epoch: its first epoch skips, by index and
-without loading them, the batches the stopped run had trained on (the sampler reshuffles per epoch
-from the seed, so the remaining batches are exactly the ones the stopped epoch had not seen).
-Random augmentation draws are not replayed: with workers they cannot be, so a resumed epoch sees
-the same images in the same order with fresh augmentation draws.
+A checkpoint saved during a validation resumes by running that validation first. One saved
+inside an epoch resumes inside it, by the position it records (``epoch_position.py``): the
+batches the stopped run trained are skipped by index, or, with another world size or batch
+size, the epoch's other samples are dealt to the new ranks. Random augmentation draws are not
+replayed: with workers they cannot be, so a resumed epoch sees the same images with fresh draws.
 """
-import itertools
 import json
 import logging
 import os
 import os.path as osp
 import signal
 import socket
+import threading
 import time
 
 import torch
@@ -32,72 +34,64 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
 
+from .epoch_position import describe_layout, resumed_loader
 from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
+from .protocol import PREEMPTED_EXIT, PREEMPTION_RECORD
 from .registry import register
 
-__all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'PreemptionHook', 'skip_first_batches']
+__all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'PreemptionHook']
 
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, rerunning is meant to work
-PREEMPTION_RECORD = 'preempted.json'  # written in the work dir beside the checkpoint
 SIGNALS = ('SIGTERM', 'SIGUSR1')
-
-
-class _SkipBatches:
-    """A batch sampler that leaves out the first ``skip`` batches of ``batch_sampler``."""
-
-    def __init__(self, batch_sampler, skip: int):
-        self.batch_sampler, self.skip = batch_sampler, skip
-        self.sampler = getattr(batch_sampler, 'sampler', None)
-
-    def __iter__(self):
-        return itertools.islice(iter(self.batch_sampler), self.skip, None)
-
-    def __len__(self):
-        return max(0, len(self.batch_sampler) - self.skip)
-
-
-def skip_first_batches(loader: DataLoader, skip: int) -> DataLoader:
-    """A DataLoader over ``loader``'s dataset yielding its batches from the ``skip``-th on,
-    without loading the ones before (its batch sampler is iterated, its dataset is not)."""
-    workers = loader.num_workers
-    return DataLoader(
-        loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, skip),
-        num_workers=workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context if workers else None,
-        generator=loader.generator, persistent_workers=False,
-        **({'prefetch_factor': loader.prefetch_factor} if workers else {}))
+POSITION = 'epoch_position'  # checkpoint meta: where inside its epoch (epoch_position.py)
+VALIDATE_FIRST = 'validate_first'  # checkpoint meta: stopped during the validation after it
 
 
 class PreemptionHook(Hook):
     """Save and exit with :data:`PREEMPTED_EXIT` at the end of the iteration during which the
-    job got SIGTERM or SIGUSR1 (on any rank); resume an epoch-based run inside its epoch.
+    job got SIGTERM or SIGUSR1 (on any rank), or at once during validation; resume an
+    epoch-based run inside its epoch, with the stopped run's layout or another one.
 
-    Runs after every other ``after_train_iter`` (lowest priority): a checkpoint the
-    CheckpointHook wrote for this iteration is not written twice.
+    Runs after every other hook (lowest priority): a checkpoint the CheckpointHook wrote for
+    this iteration is not written twice. Repeats of the stop signals within ``grace`` seconds of
+    the first, or while the checkpoint is being written, are the same preemption (Slurm signals
+    every process of a step and a launcher such as torchrun forwards its own copy); a repeat after
+    ``grace`` seconds, before the save began, stops at once, as does SIGINT (not handled here).
     """
     priority = 'LOWEST'
 
-    def __init__(self, signals=SIGNALS):
+    def __init__(self, signals=SIGNALS, grace: float = 30.0):
         bad = [s for s in signals if not isinstance(getattr(signal, str(s), None), signal.Signals)]
         if bad or not signals:
             raise ValueError(f'PreemptionHook: signals must be names of signals of this system, '
                              f'e.g. {list(SIGNALS)}, got {signals!r}')
+        if not isinstance(grace, (int, float)) or isinstance(grace, bool) or grace < 0:
+            raise ValueError(f'PreemptionHook: grace must be seconds >= 0, got {grace!r}')
         self.signals = [getattr(signal, s) for s in signals]
+        self.grace = float(grace)
         self.received = None  # the name of the first signal received
+        self.repeats = 0  # later copies taken as the same preemption
+        self._first = self._saving = None
         self._previous = {}
         self._full_loader = None
+        self._segment = None  # the position this epoch's batches are counted from
+        self._start_iter = 0  # runner.iter at the segment's first batch
+        self._resumed = None  # the meta of the checkpoint loaded, until training starts
+        self._val_checks = 0  # validation iterations on which every rank checks the signal
 
     # ------------------------------------------------------------------ the signal
     def _handle(self, signum, frame):
-        if self.received is not None:  # asked twice: stop now, as without this hook
+        now = time.monotonic()
+        if self.received is None:
+            self.received, self._first = signal.Signals(signum).name, now
+            print_log(f'{self.received}: saving a checkpoint at the end of this iteration, then '
+                      f'exiting with {PREEMPTED_EXIT} (resume with --resume). Repeats within '
+                      f'{self.grace:g} s are the same preemption; SIGINT stops at once.',
+                      logger='current', level=logging.WARNING)
+        elif self._saving or now - self._first < self.grace:
+            self.repeats += 1  # the same preemption (no logging here: it may hold a lock)
+        else:  # asked again, well after the first, and the save has not begun: stop now
             self._restore()
             os.kill(os.getpid(), signum)
-            return
-        self.received = signal.Signals(signum).name
-        print_log(f'{self.received}: saving a checkpoint at the end of this iteration, then '
-                  f'exiting with {PREEMPTED_EXIT} (resume with --resume). Send it again to stop '
-                  'at once.', logger='current', level=logging.WARNING)
 
     def _restore(self):
         for signum, handler in self._previous.items():
@@ -105,41 +99,101 @@ class PreemptionHook(Hook):
         self._previous = {}
 
     def before_train(self, runner) -> None:
-        self.received = None
-        for signum in self.signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self.received, self.repeats, self._saving = None, 0, None
+        if threading.current_thread() is not threading.main_thread():
+            print_log('PreemptionHook: training runs outside the main thread, where signals '
+                      'cannot be handled: a stop signal will not save a checkpoint.',
+                      logger='current', level=logging.WARNING)
+        else:
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        if self._resumed_meta(runner).get(VALIDATE_FIRST) and runner.val_loop is not None:
+            print_log('Resuming with the validation the stopped run was preempted in.',
+                      logger='current')
+            runner.val_loop.run()
 
     def after_train(self, runner) -> None:
         self._restore()
 
-    # ------------------------------------------------------------------ resume mid-epoch
+    # ------------------------------------------------------------------ where the epoch is
+    def after_load_checkpoint(self, runner, checkpoint) -> None:
+        self._resumed = checkpoint.get('meta', {})  # acted on where training resumes from it
+
+    def _resumed_meta(self, runner) -> dict:
+        """The meta of the checkpoint training resumed from ({} for ``load_from`` weights)."""
+        meta = self._resumed or {}
+        return meta if runner.iter and meta.get('iter') == runner.iter else {}
+
     def before_train_epoch(self, runner) -> None:
         loop = runner.train_loop
+        self._segment, self._start_iter = None, runner.iter
+        meta, self._resumed = self._resumed_meta(runner), None
         if not isinstance(loop, EpochBasedTrainLoop) or not isinstance(loop.dataloader,
                                                                         DataLoader):
             return  # iteration-based loops replay their infinite iterator themselves
+        rank, world_size = get_dist_info()
+        layout = describe_layout(loop.dataloader, world_size)
+        position = meta.get(POSITION)
         skip = runner.iter - runner.epoch * len(loop.dataloader)
-        if 0 < skip < len(loop.dataloader):
-            print_log(f'Resuming epoch {runner.epoch + 1} after its first {skip} batches, which '
-                      'the stopped run trained on.', logger='current')
-            self._full_loader, loop.dataloader = loop.dataloader, skip_first_batches(
-                loop.dataloader, skip)
+        if meta and position is None and 0 < skip < len(loop.dataloader):
+            print_log('resume: the checkpoint does not record the layout its position inside '
+                      'the epoch was counted in: taking it as this run\'s.', logger='current',
+                      level=logging.WARNING)  # written by an earlier mmfame
+            position = dict(layout=layout, epoch=runner.epoch, batches=skip, before=None)
+        if position is not None and position['epoch'] == runner.epoch:
+            loader, self._segment, said = resumed_loader(position, loop.dataloader, world_size,
+                                                         rank)
+            self._start_iter = runner.iter - self._segment['batches']
+            print_log(said, logger='current')
+            self._full_loader, loop.dataloader = loop.dataloader, loader
+        else:
+            self._segment = dict(layout=layout, epoch=runner.epoch, batches=0, before=None)
 
     def after_train_epoch(self, runner) -> None:
+        self._segment = None
         if self._full_loader is not None:
             runner.train_loop.dataloader, self._full_loader = self._full_loader, None
 
+    def before_save_checkpoint(self, runner, checkpoint) -> None:
+        meta = checkpoint.setdefault('meta', {})
+        if self._segment is not None and meta.get('epoch') == self._segment['epoch']:
+            meta[POSITION] = dict(self._segment,
+                                  batches=meta['iter'] - self._start_iter)  # inside the epoch
+        if self._saving is not None and self._saving == 'val':
+            meta[VALIDATE_FIRST] = True
+
     # ------------------------------------------------------------------ stop and save
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if not self._agreed(runner):
-            return
-        step = runner.iter + 1
+        if self._agreed():
+            self._stop(runner, runner.iter + 1, 'train')
+
+    def before_val_epoch(self, runner) -> None:
+        """Every rank checks the signal on as many validation iterations as the shortest rank
+        has (a sampler that does not round up gives ranks unequal shares)."""
+        if not self._previous:
+            return  # a validation outside training
+        loader = runner.val_loop.dataloader
+        count = torch.tensor([len(loader) if hasattr(loader, '__len__') else 0])
+        if get_dist_info()[1] > 1:
+            all_reduce(count, op='min')
+        self._val_checks = int(count.item())
+
+    def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not self._previous or batch_idx >= self._val_checks:
+            return  # a validation outside training (tools/test.py) or past the common part
+        if self._agreed():
+            self._stop(runner, runner.iter, 'val')
+
+    def _stop(self, runner, step, during):
+        """Save the state after ``step`` iterations (before the validation stopped, for
+        ``during='val'``), record it, and exit with :data:`PREEMPTED_EXIT`."""
+        self._saving = during
         ckpt_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
         out_dir = getattr(ckpt_hook, 'out_dir', None) or runner.work_dir
         filename = f'iter_{step}.pth'
         path = osp.join(out_dir, filename)
         saved = runner.message_hub.get_info('last_ckpt')
-        if saved is None or osp.abspath(saved) != osp.abspath(path):  # not saved this iteration
+        if during == 'val' or saved is None or osp.abspath(saved) != osp.abspath(path):
             runner.save_checkpoint(
                 out_dir, filename, meta=dict(epoch=runner.epoch, iter=step), by_epoch=False,
                 save_optimizer=getattr(ckpt_hook, 'save_optimizer', True),
@@ -150,21 +204,30 @@ class PreemptionHook(Hook):
         if is_main_process():
             _write(osp.join(runner.work_dir, PREEMPTION_RECORD), json.dumps(dict(
                 signal=self.received or 'another rank', iter=step, epoch=runner.epoch,
-                checkpoint=path, host=socket.gethostname(), pid=os.getpid(), time=time.time())))
+                during=during, checkpoint=path, config=_config_path(runner),
+                job=os.environ.get('SLURM_JOB_ID'), host=socket.gethostname(), pid=os.getpid(),
+                time=time.time())))
         barrier()  # no rank exits (and makes its launcher kill the others) before the save is done
-        print_log(f'Preempted: saved {path} after iteration {step}; exiting with '
-                  f'{PREEMPTED_EXIT}. Resume with --resume.', logger='current',
-                  level=logging.WARNING)
+        repeats = f' ({self.repeats} repeated signals were the same preemption)' \
+            if self.repeats else ''
+        print_log(f'Preempted{" during validation" * (during == "val")}: saved {path} after '
+                  f'iteration {step}{repeats}; exiting with {PREEMPTED_EXIT}. Resume with '
+                  '--resume.', logger='current', level=logging.WARNING)
         self._restore()
         raise SystemExit(PREEMPTED_EXIT)
 
-    def _agreed(self, runner) -> bool:
-        """Whether any rank got the signal (every rank calls this once per iteration)."""
+    def _agreed(self) -> bool:
+        """Whether any rank got the signal (every rank calls this on the same iterations)."""
         if get_dist_info()[1] == 1:
             return self.received is not None
         flag = torch.tensor([int(self.received is not None)], dtype=torch.int32)
         all_reduce(flag, op='max')
         return bool(flag.item())
+
+
+def _config_path(runner):
+    filename = getattr(runner.cfg, 'filename', None)
+    return osp.abspath(filename) if filename else None
 
 
 def _write(path: str, text: str) -> None:

@@ -16,6 +16,8 @@ from typing import List, Optional
 
 from mmengine.logging import print_log
 
+from .fileio import remove_parts
+
 __all__ = ['resumable_checkpoint', 'resume_checkpoint', 'unreadable_reason']
 
 # the checkpoints mmengine's CheckpointHook writes (best_*.pth are not where training stopped)
@@ -81,7 +83,13 @@ def resume_checkpoint(work_dir: str) -> Optional[str]:
     In order: the file ``last_checkpoint`` names, taken in ``work_dir`` (a copied work dir
     resumes from its own copy); that path as written (a CheckpointHook ``out_dir`` elsewhere);
     then ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir``, newest first. The first whole one wins.
+    The temporary files of checkpoint writers that were killed are removed first.
     """
+    removed = remove_parts(work_dir)
+    if removed:
+        print_log(f'resume: removed {len(removed)} temporary file(s) of checkpoint writes that '
+                  f'were killed: {", ".join(map(osp.basename, removed))}.', logger='current',
+                  level=logging.WARNING)
     named, copy, as_written, candidates = _candidates(work_dir)
     if named and '://' in named:  # a remote backend's path: mmengine's own loader reads it
         return None

@@ -1,0 +1,75 @@
+"""PreemptionHook's signal handling: copies of one preemption are one, a deliberate repeat stops
+at once through the handler it replaced, and it stays out of threads that cannot take signals.
+The saves, the agreement across ranks and the resumes run end to end in test_tools.py."""
+import os
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from mmfame.engine import PreemptionHook
+
+RUNNER = SimpleNamespace(iter=0, val_loop=None)
+
+
+@pytest.fixture
+def previous():
+    """A handler of SIGUSR1's installed before the hook (what it must hand a real stop to)."""
+    calls = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    yield calls
+    signal.signal(signal.SIGUSR1, old)
+
+
+def storm(count, pause=0.01):
+    for _ in range(count):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(pause)
+
+
+# id: (grace, saving, repeats taken as the same preemption, signals handed to the previous handler)
+STORMS = {
+    'copies within the grace period': (30, None, 2, 0),
+    'a repeat after the grace period stops at once': (0, None, 0, 1),
+    'a repeat while the checkpoint is written': (0, 'train', 2, 0),
+}
+
+
+@pytest.mark.parametrize('case', STORMS)
+def test_repeated_signals(case, previous):
+    grace, saving, repeats, handed_on = STORMS[case]
+    hook = PreemptionHook(signals=('SIGUSR1',), grace=grace)
+    hook.before_train(RUNNER)
+    try:
+        storm(1)
+        hook._saving = saving
+        storm(2 if handed_on == 0 else 1)
+        assert hook.received == 'SIGUSR1'
+        assert hook.repeats == repeats
+        assert len(previous) == handed_on
+    finally:
+        hook.after_train(RUNNER)
+    storm(1)  # after training the previous handler is back
+    assert len(previous) == handed_on + 1
+
+
+def test_outside_the_main_thread_no_handler_is_installed(previous):
+    hook = PreemptionHook(signals=('SIGUSR1',))
+    thread = threading.Thread(target=hook.before_train, args=(RUNNER,))
+    thread.start()
+    thread.join()
+    assert not hook._previous
+    storm(1)
+    assert hook.received is None and len(previous) == 1
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    (dict(signals=('SIGNOPE',)), 'signals must be names of signals'),
+    (dict(grace=-1), 'grace must be seconds >= 0'),
+    (dict(grace='30'), 'grace must be seconds >= 0'),
+])
+def test_bad_arguments_are_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        PreemptionHook(**kwargs)
