@@ -404,3 +404,17 @@ def test_settings_are_defined_once():
     assert ex.optimizer_cfg('fame-full', {})['sq_betas'] == decays
     assert ex.optimizer_cfg('qema', {})['decays'] == (*decays, decays[1])
     assert set(ex.DOC_SETTINGS) == set(ex.SETTINGS)
+
+
+@pytest.mark.slow
+def test_preemption_trials_print_what_a_signal_storm_costs():
+    """One trial per setting: merged copies save and exit 75; with grace 0 a copy arriving
+    mid-iteration (the iteration is longer than the gap) stops the run unsaved."""
+    proc = subprocess.run([sys.executable, osp.join(ANALYSIS, 'preemption_trials.py'),
+                           '--trials', '1', '--grace', '30', '0', '--iter-s', '1.0',
+                           '--delay-s', '0.01'], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split('|')[1].strip(): line.split('|')[3:5] for line in proc.stdout.splitlines()
+            if line.startswith('| ') and line[2].isdigit()}
+    assert [c.strip() for c in rows['30']] == ['1', '0.0'], proc.stdout
+    assert rows['0'][0].strip() == '0', proc.stdout

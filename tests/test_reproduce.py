@@ -6,6 +6,7 @@ seed locally and on the private Slurm of tests/slurm, where one job is cancelled
 mid-run (its ranks save the iteration in flight) and finished by rerunning the command (resumed
 from that checkpoint, finished runs left alone); ``gather``'s table and metafile are checked against the runs' logs.
 """
+import glob
 import importlib.util
 import json
 import os
@@ -282,6 +283,130 @@ def test_launch_retries_progress_never_a_repeated_failure_and_leaves_held_runs(t
                    for r in matrix.runs if r.config == DEMO[0])  # released
 
 
+# id: (Slurm's state of the job, the job's own record, a checkpoint, the run's state). Slurm
+# owns a submitted run: it trains while Slurm has its job (or cannot be asked); then its record
+# tells how its last start ended.
+SLURM_STATES = {
+    'queued': ('PENDING', None, False, 'running'),
+    'requeued after a preemption': ('REQUEUED', dict(returncode=75, requeued=True), True,
+                                    'running'),
+    'slurm cannot be asked': (None, None, False, 'running'),
+    'finished': ('', dict(returncode=0), True, 'finished'),
+    'preempted, not requeued': ('', dict(returncode=75, requeued=False), True, 'interrupted'),
+    'failed at once': ('', dict(returncode=1), False, 'failed'),
+    'cancelled before its record': ('', None, True, 'interrupted'),
+    "another job's record": ('', dict(returncode=0, job='11'), True, 'interrupted'),
+}
+
+
+@pytest.mark.parametrize('case', SLURM_STATES)
+def test_slurm_runs_are_the_schedulers(case, tmp_path, monkeypatch):
+    from mmfame.experiments import state
+    slurm, record, ckpt, expected = SLURM_STATES[case]
+    monkeypatch.setattr(state, 'slurm_job_state', lambda job: slurm)
+    (tmp_path / 'job.json').write_text(json.dumps(dict(slurm_job='12')))
+    if record is not None:
+        (tmp_path / 'slurm_job.json').write_text(json.dumps(
+            dict(dict(job='12', restarts=0, start=100, end=160), **record)))
+    if ckpt:
+        _whole_checkpoint(tmp_path / 'iter_4.pth')
+        (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    assert runs.state(str(tmp_path)) == expected
+    if expected == 'running':
+        assert runs.holder(str(tmp_path))['who'].startswith('Slurm job 12 (')
+    assert (tmp_path / 'done.json').exists() == (expected == 'finished')
+    if expected == 'finished':
+        assert json.loads((tmp_path / 'done.json').read_text())['seconds'] == 60
+
+
+class SubmitLauncher(runs.Launcher):
+    """--launcher slurm with sbatch's answer stood in: a job id per run."""
+
+    def check(self):
+        pass
+
+    def command(self, run, child, d, cfg_options, port, amp=False):
+        return [PY, '-c', f'import os; assert os.environ["REQUEUE"] == "1"; '
+                f'print({100 + run.seed})'], {}
+
+
+def test_a_slurm_launch_submits_and_returns(tmp_path, monkeypatch):
+    """Each run goes to Slurm as a self-requeuing batch job whose id job.json records; the
+    launch waits for nothing, and a second launch leaves submitted runs to their jobs."""
+    from mmfame.experiments import state
+    monkeypatch.setattr(state, 'slurm_job_state', lambda job: 'RUNNING')
+    work = str(tmp_path)
+    matrix = runs.Matrix(configs=DEMO[:1], settings=['fame'], seeds=[0, 1])
+    said = []
+    states = runs.launch(matrix, work, SubmitLauncher('slurm', partition='p'), echo=said.append)
+    assert set(states.values()) == {'running'}, said
+    for run in matrix.runs:
+        d = runs.run_dir(work, run)
+        assert json.load(open(osp.join(d, 'job.json')))['slurm_job'] == str(100 + run.seed)
+        assert not osp.exists(osp.join(d, 'lock.json'))  # nothing holds a Slurm run but Slurm
+        assert f'{run.key}: starting as Slurm job {100 + run.seed}' in '\n'.join(said)
+    said.clear()
+    runs.launch(matrix, work, SubmitLauncher('slurm', partition='p'), echo=said.append)
+    assert sum('running, left alone (held by Slurm job' in line for line in said) == 2, said
+
+
+# id: (lock.json text, seconds since its last change, what holder() says)
+LOCK_PROBLEMS = {
+    'empty': ('', 10, 'is damaged (empty or not JSON): it counts as held until 10 minutes'),
+    'cut short': ('{"host": "n", "pi', 10, 'is damaged (empty or not JSON)'),
+    "a host's clock ahead": (json.dumps(dict(host='fast-node', pid=1)), -3600,
+                             "in this host's future: the clock of fast-node is ahead"),
+}
+
+
+@pytest.mark.parametrize('case', LOCK_PROBLEMS)
+def test_a_damaged_or_future_lock_is_named_with_the_fix(case, tmp_path):
+    text, age, words = LOCK_PROBLEMS[case]
+    (tmp_path / 'lock.json').write_text(text)
+    os.utime(tmp_path / 'lock.json', (time.time() - age,) * 2)
+    held = runs.holder(str(tmp_path))
+    assert held['alive'] and words in held['who'] and 'delete it if no launch' in held['who']
+    assert runs.state(str(tmp_path)) == 'running'
+
+
+LEASE_HOLDER = textwrap.dedent('''\
+    import time
+    from mmfame.engine.lease import hold_run_lease
+    hold_run_lease(interval=0.2)
+    time.sleep(30)
+    ''')
+
+
+def test_the_trainer_keeps_the_lease_and_leaves_when_it_is_taken(tmp_path):
+    """The training process refreshes the run's lock (not the launcher) and adds its pid; once
+    another launch has taken the lock it stops at once, saving nothing."""
+    lock = tmp_path / 'lock.json'
+    lock.write_text(json.dumps(dict(host=socket.gethostname(), pid=1, token='mine')))
+    os.utime(lock, (time.time() - 500,) * 2)
+    proc = subprocess.Popen([PY, '-c', LEASE_HOLDER], env=tool_env(
+        MMFAME_RUN_LEASE=f'mine:{lock}', RANK=0), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: json.loads(lock.read_text()).get('trainer_pid') == proc.pid, 60,
+                 'the trainer to join the lock')
+        wait_for(lambda: time.time() - osp.getmtime(lock) < 5, 60, 'a refresh')
+        lock.write_text(json.dumps(dict(host='another-node', pid=7, token='theirs')))
+        assert proc.wait(timeout=60) == 3
+    finally:
+        proc.kill()
+    assert 'is held by another-node pid 7 now: another launch trains this run; stopping ' \
+        'without saving' in proc.stderr.read()
+
+
+def test_train_py_under_a_lease_of_another_launch_stops_before_building(tmp_path):
+    lock = tmp_path / 'lock.json'
+    lock.write_text(json.dumps(dict(host='another-node', pid=7, token='theirs')))
+    proc = subprocess.run([PY, 'tools/train.py', DET_CFG, '--work-dir', str(tmp_path / 'w')],
+                          cwd=REPO, env=tool_env(MMFAME_RUN_LEASE=f'mine:{lock}'),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and 'another launch trains this run' in proc.stderr
+    assert not (tmp_path / 'w').exists()
+
+
 JOB_CASES = {  # id: (job.json text, what the error must say)
     'half_written': ('{"host": "h", "pi', 'is not a JSON object'),
     'pid_a_string': (json.dumps(dict(host='h', pid='12')), "pid must be a pid, got '12'"),
@@ -554,8 +679,12 @@ def test_local_matrix_runs_once_and_gathers(demo_data, tmp_path):
 
 @pytest.mark.slow
 @needs_openmmlab
-def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
+def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path, monkeypatch):
+    """launch submits every run as a self-requeuing batch job and returns; Slurm trains them
+    with nothing left on the login node. One job is cancelled mid-run (its ranks save the
+    iteration in flight); the same command resubmits that run alone, which resumes there."""
     env = slurm_env(slurm_cluster['SLURM_CONF'], OMP_NUM_THREADS=1)
+    monkeypatch.setenv('SLURM_CONF', slurm_cluster['SLURM_CONF'])  # this process asks Slurm too
     work = str(tmp_path / 'slurm')
     args = matrix_args(demo_data, work) + [
         '--launcher', 'slurm', '--partition', slurm_cluster['partition'], '--gpus', '1',
@@ -569,39 +698,42 @@ def test_slurm_matrix_survives_scancel(slurm_cluster, demo_data, tmp_path):
 
     victim = runs.Run(DEMO[0], 'fame', 0)
     victim_dir = runs.run_dir(work, victim)
-    first = subprocess.Popen([PY, REPRODUCE, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    out = reproduce(*args, env=env).stdout  # submits and returns
+    assert out.count('as Slurm job') == 4 and '4 running of 4 runs' in out, out
+
+    def states():
+        return [runs.state(runs.run_dir(work, r)) for r in runs.Matrix.load(work).runs]
+
     try:
         wait_for(lambda: logs.latest_checkpoint(victim_dir), 600, 'a first checkpoint')
         cancelled_at = int(osp.basename(logs.latest_checkpoint(victim_dir))[5:-4])
         subprocess.run(['scancel', '--name', victim.job_name], env=env, check=True, timeout=60)
-        out, _ = first.communicate(timeout=900)
+        wait_for(lambda: 'running' not in states(), 900, 'the jobs to end')
     finally:
-        first.kill()
-    assert first.returncode == 1, out
-    assert runs.state(victim_dir) == 'interrupted', out
-    assert '3 finished, 1 interrupted of 4 runs' in out, out
-    assert f'--- {victim.key} (interrupted)' in out
+        subprocess.run(['scancel', '--partition', slurm_cluster['partition']], env=env,
+                       timeout=60)
     status = reproduce('status', '--work-dir', work, env=env).stdout
-    assert f'{victim.key}' in status and 'interrupted' in status
+    assert '3 finished, 1 interrupted of 4 runs' in status, status
+    assert f'--- {victim.key} (interrupted)' in status
     before = {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
               for r in runs.Matrix.load(work).runs if r != victim}
 
     again = reproduce(*args, env=env).stdout  # the same command finishes the matrix
-    assert again.count('finished, left alone') == 3 and again.count('resuming from iter_') == 1
-    assert '4 finished of 4 runs' in again
-    resumed = logs.tail(osp.join(victim_dir, 'launch.log'), 10**6).split('=== ')[-1]
-    step = int(resumed.split('resumed epoch: ')[1].split('iter: ')[1].split()[0].rstrip(','))
-    # scancel's SIGTERM saved the iteration in flight, and the rerun resumed from there
-    resumed_log = logs.tail(osp.join(victim_dir, 'launch.log'), 10**6)
-    first_launch = resumed_log.split('=== ')[-2]
-    assert step >= cancelled_at >= 1 and f'after iteration {step}; exiting with 75' in first_launch
-    assert json.load(open(osp.join(victim_dir, 'job.json')))['returncode'] == 0
+    assert again.count('finished, left alone') == 3, again
+    assert again.count('resuming from iter_') == 1 and again.count('as Slurm job') == 1, again
+    wait_for(lambda: 'running' not in states(), 900, 'the resubmitted job')
+    assert '4 finished of 4 runs' in reproduce('status', '--work-dir', work, env=env).stdout
+    first, second = sorted(glob.glob(osp.join(victim_dir, 'slurm-*.out')),
+                           key=lambda p: int(p.split('-')[-1][:-4]))
+    second = open(second).read()
+    step = int(second.split('resumed epoch: ')[1].split('iter: ')[1].split()[0].rstrip(','))
+    # scancel's SIGTERM saved the iteration in flight, and the resubmitted job resumed there
+    assert step >= cancelled_at >= 1 and f'after iteration {step}' in open(first).read()
     assert before == {r.key: open(osp.join(runs.run_dir(work, r), 'done.json')).read()
                       for r in runs.Matrix.load(work).runs if r != victim}
     for r in runs.Matrix.load(work).runs:
-        launches = open(osp.join(runs.run_dir(work, r), 'launch.log')).read().count('=== ')
-        assert launches == (2 if r == victim else 1), r.key
+        outs = glob.glob(osp.join(runs.run_dir(work, r), 'slurm-*.out'))
+        assert len(outs) == (2 if r == victim else 1), r.key
     docs = tmp_path / 'docs'
     (docs / 'configs').mkdir(parents=True)
     shutil.copy(osp.join(REPO, 'configs', 'README.md'), docs / 'configs' / 'README.md')

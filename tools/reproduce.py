@@ -10,14 +10,16 @@ Commands (``--work-dir`` holds one matrix of runs; default ``work_dirs/reproduce
     python tools/reproduce.py gather            # tables, metafiles, configs/README.md, plot
     python tools/reproduce.py cost coco ade20k  # GPU-hours and memory before launching
 
-``launch`` is idempotent: rerun the same command after a preemption, a ``scancel`` or a crash and
-finished runs are left alone, interrupted ones continue from their newest checkpoint (every launch
-passes ``--resume``), pending ones start. A run trains once: a launch holds a lock per run, and a
-second launch (from any login node) leaves held runs alone, saying who holds them, and takes over
-those whose launch is gone. It waits for the runs it started (run it under ``nohup``/``tmux`` on a
-login node); SIGTERM to it stops its jobs with a checkpoint. ``--retries K`` relaunches a run that
-was preempted or stopped after making progress up to K times; one that failed without a new
-checkpoint is reported with its log, not retried. Configs are groups (``coco``,
+``launch`` is idempotent: rerun the same command after a ``scancel`` or a crash and finished runs
+are left alone, interrupted ones continue from their newest checkpoint (every launch passes
+``--resume``), pending ones start. With ``--launcher slurm`` each run is submitted as a batch job
+that checkpoints on the stop signal and requeues itself, and the command returns: Slurm owns the
+runs (``status`` asks it). Locally and with torchrun the command waits for the runs it started;
+a run trains once: a launch holds a lock per run whose lease the training process keeps, a second
+launch (from any host) leaves held runs alone, saying who holds them, and takes over those whose
+trainer is gone. SIGTERM to a waiting launch stops its jobs with a checkpoint. ``--retries K``
+relaunches a local run that was preempted or stopped after making progress up to K times; one
+that failed without a new checkpoint is reported with its log, not retried. Configs are groups (``coco``,
 ``ade20k``, ``demo``), config names or paths, or globs (``'*retinanet*'``). Settings are
 ``mmfame.experiments.configs.SETTINGS`` (``--help`` lists them): ``fame`` is the shipped config
 as it is, ``baseline`` its ``mmdet::``/``mmseg::`` base unchanged, the others replace the
@@ -70,11 +72,12 @@ def parse_args(argv=None):
     q.add_argument('--gpus-per-node', type=int, help='GPUS_PER_NODE of slurm_train.sh')
     q.add_argument('--cpus-per-task', type=int, help='CPUS_PER_TASK of slurm_train.sh')
     q.add_argument('--srun-args', help='SRUN_ARGS of slurm_train.sh (e.g. "--quotatype=auto")')
-    q.add_argument('--max-jobs', type=int, default=None,
-                   help='runs at the same time (default: all with slurm, else 1)')
+    q.add_argument('--max-jobs', type=int, default=1,
+                   help='local/dist runs at the same time (default 1; Slurm runs are all '
+                   'submitted)')
     q.add_argument('--retries', type=int, default=0,
-                   help='relaunch a run that was preempted or stopped after making progress up '
-                   'to this many times')
+                   help='relaunch a local/dist run that was preempted or stopped after making '
+                   'progress up to this many times (Slurm runs requeue themselves)')
 
     q = sub.add_parser('status', help='list every run of the matrix and its state')
     work_dir(q)
@@ -107,11 +110,11 @@ def cmd_launch(args) -> int:
     launcher = runs.Launcher(args.launcher, partition=args.partition, gpus=args.gpus,
                              gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                              srun_args=args.srun_args)
-    max_jobs = args.max_jobs or (len(matrix.runs) if args.launcher == 'slurm' else 1)
-    states = runs.launch(matrix, args.work_dir, launcher, max_jobs, args.retries,
+    states = runs.launch(matrix, args.work_dir, launcher, args.max_jobs, args.retries,
                          echo=lambda s: print(s, flush=True))
     print_status(args.work_dir)
-    return 0 if all(s == 'finished' for s in states.values()) else 1
+    ok = ('finished', 'running') if args.launcher == 'slurm' else ('finished',)  # Slurm's now
+    return 0 if all(s in ok for s in states.values()) else 1
 
 
 def print_status(work_dir: str) -> None:

@@ -6,8 +6,9 @@
 #        (PreemptionHook handles SIGUSR1 and SIGTERM; empty: no warning). B: (the batch shell alone) needs REQUEUE=1, whose batch
 #        shell passes the signal on to the ranks;
 #      REQUEUE (unset): 1 submits a batch job (sbatch) instead of running srun here: on the
-#        warning, or SIGTERM at preemption, the ranks save and the job requeues itself. Its
-#        output is appended to WORK_DIR/slurm-JOBID.out; SBATCH_ARGS ("") are passed to sbatch.
+#        warning the ranks save and the job requeues itself; on SIGTERM (scancel, a preemption)
+#        they save and the job ends, unless Slurm requeues it. Its output is appended to
+#        WORK_DIR/slurm-JOBID.out; SBATCH_ARGS ("") are passed to sbatch.
 # A run resumes by itself (a bare --resume is added unless the arguments have one) where WORK_DIR
 # holds the preemption record (preempted.json) of this CONFIG, or where Slurm restarts a requeued
 # job and WORK_DIR has a checkpoint: however the job was requeued (REQUEUE=1, a batch script's
@@ -68,14 +69,17 @@ ${STEP} &
 STEP_PID=\$!
 # preemption's SIGTERM reaches this shell too: wait for the ranks to save instead of dying;
 # a signal for the batch shell alone (SIGNAL=B:...) goes on to srun, which passes it to the ranks
-trap 'echo "slurm_train.sh: SIGTERM, waiting for the ranks to save"' TERM
+TERMINATED=false
+trap 'TERMINATED=true; echo "slurm_train.sh: SIGTERM, waiting for the ranks to save"' TERM
 trap 'kill -USR1 \$STEP_PID' USR1
 wait \$STEP_PID; rc=\$?
 while kill -0 \$STEP_PID 2>/dev/null; do wait \$STEP_PID; rc=\$?; done  # woken by a trap
-# the ranks saved on the signal (their record, not srun's status: srun may report the last rank
-# killed by --kill-on-bad-exit after the first exited 75): back in the queue, to resume
+# the ranks saved on the warning (their record, not srun's status: srun may report the last
+# rank killed by --kill-on-bad-exit after the first exited 75): back in the queue, to resume.
+# A SIGTERM (scancel, a preemption, the time limit) is Slurm's decision: saved, not requeued
+# here (Slurm requeues where it means to: scontrol requeue, PreemptMode=REQUEUE).
 REQUEUED=false
-[ -f ${RECORD} ] && [ \$(stat -c %Y ${RECORD}) -ge \$START ] && REQUEUED=true
+[ -f ${RECORD} ] && [ \$(stat -c %Y ${RECORD}) -ge \$START ] && ! \$TERMINATED && REQUEUED=true
 printf '{"job": "%s", "restarts": %s, "returncode": %s, "requeued": %s, "start": %s, "end": %s}\\n' \\
     "\$SLURM_JOB_ID" "\${SLURM_RESTART_COUNT:-0}" \$rc \$REQUEUED \$START \$(date +%s) \\
     > ${JOB_RECORD}.tmp && mv ${JOB_RECORD}.tmp ${JOB_RECORD}

@@ -26,6 +26,7 @@ from mmengine.logging import print_log
 import mmfame  # noqa: F401  (registers FAME)
 from mmfame.engine import (PreemptionHook, build_runner, check_work_dir, finalize_distributed,
                            resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
+from mmfame.engine.lease import hold_run_lease
 
 
 def parse_args():
@@ -81,6 +82,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    # launched by tools/reproduce.py: this process keeps the run's lock (mmfame.engine.lease)
+    hold_run_lease()
 
     # load config
     cfg = Config.fromfile(args.config)

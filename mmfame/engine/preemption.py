@@ -159,7 +159,7 @@ class PreemptionHook(Hook):
         if self._segment is not None and meta.get('epoch') == self._segment['epoch']:
             meta[POSITION] = dict(self._segment,
                                   batches=meta['iter'] - self._start_iter)  # inside the epoch
-        if self._saving is not None and self._saving == 'val':
+        if self._saving == 'val':
             meta[VALIDATE_FIRST] = True
 
     # ------------------------------------------------------------------ stop and save
@@ -213,7 +213,8 @@ class PreemptionHook(Hook):
         print_log(f'Preempted{" during validation" * (during == "val")}: saved {path} after '
                   f'iteration {step}{repeats}; exiting with {PREEMPTED_EXIT}. Resume with '
                   '--resume.', logger='current', level=logging.WARNING)
-        self._restore()
+        for signum in self._previous:  # saved: later copies must not kill the exit (Python
+            signal.signal(signum, signal.SIG_IGN)  # restores the default handler at shutdown)
         raise SystemExit(PREEMPTED_EXIT)
 
     def _agreed(self) -> bool:
