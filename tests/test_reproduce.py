@@ -330,6 +330,7 @@ class SubmitLauncher(runs.Launcher):
                 f'print({100 + run.seed})'], {}
 
 
+@needs_openmmlab
 def test_a_slurm_launch_submits_and_returns(tmp_path, monkeypatch):
     """Each run goes to Slurm as a self-requeuing batch job whose id job.json records; the
     launch waits for nothing, and a second launch leaves submitted runs to their jobs."""
