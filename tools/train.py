@@ -12,9 +12,13 @@ both. Differences from upstream:
   ``last_checkpoint`` names a file that is gone, cut short or in another (copied) work dir
   (``mmfame.engine.resume``);
 * SIGTERM or SIGUSR1 (a cluster's preemption, time limit or early warning) saves a checkpoint at
-  the end of the current iteration on every rank and exits with 75, "resume me"
-  (``mmfame.engine.PreemptionHook``; ``--no-preemption-hook`` leaves the signals alone);
-* local checkpoints are written to a temporary name and renamed (``mmfame.engine.fileio``).
+  the end of the current iteration (or of the validation in progress) on every rank and exits
+  with 75, "resume me"; a resume inside an epoch continues on the samples that epoch had not
+  trained, also on another number of GPUs or batch size (``mmfame.engine.PreemptionHook``;
+  ``--no-preemption-hook`` leaves the signals alone);
+* local checkpoints are written to a temporary name and renamed (``mmfame.engine.fileio``), and a
+  work dir that cannot be written is one line with the fix;
+* started by ``tools/reproduce.py``, rank 0 keeps the run's lock fresh (``mmfame.engine.lease``).
 """
 import argparse
 import os
