@@ -1,7 +1,9 @@
 """tools/analysis_tools/lag_demo.py, compare_optimizers.py and benchmark_optimizer.py's sweep:
 estimators, the ablation cascade optimizer (mmfame.experiments.ablation), the child configs of
-the named settings, the summary tables and the fused kernel's launch configurations."""
+the named settings, the summary tables and the fused kernel's launch configurations; the command
+line of torch_optim_suite.py."""
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -27,6 +29,7 @@ ex = importlib.import_module('mmfame.experiments.configs')
 runs = importlib.import_module('mmfame.experiments.runs')
 lag = importlib.import_module('lag_demo')
 benchmark_optimizer = importlib.import_module('benchmark_optimizer')
+suite = importlib.import_module('torch_optim_suite')
 
 DET_CFG = osp.join(REPO, 'configs', 'demo', 'retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py')
 SEG_CFG = osp.join(REPO, 'configs', 'demo',
@@ -418,3 +421,112 @@ def test_preemption_trials_print_what_a_signal_storm_costs():
             if line.startswith('| ') and line[2].isdigit()}
     assert [c.strip() for c in rows['30']] == ['1', '0.0'], proc.stdout
     assert rows['0'][0].strip() == '0', proc.stdout
+
+
+# ------------------------------------------------------------------------------- torch_optim_suite
+SUITE = osp.join(ANALYSIS, 'torch_optim_suite.py')
+# torch's test_optim.py copied alone, in small: its test/optim/ siblings' classes imported (absent
+# here: the tool stands them in) and handed to torch's instantiation, which takes TestCases, and
+# one generic test over optim_db (FAME's case the only one selected).
+LONE_TEST_OPTIM = """
+from optim.test_lrscheduler import TestLRScheduler  # noqa: F401
+from optim.test_optim import TestDifferentiableOptimizer
+from optim.test_swa_utils import TestSWAUtils  # noqa: F401
+
+import torch
+from torch.testing._internal.common_device_type import instantiate_device_type_tests
+from torch.testing._internal.common_optimizers import optim_db, optims
+from torch.testing._internal.common_utils import TestCase
+
+
+class TestOptimRenewed(TestCase):
+    @optims(optim_db, dtypes=[torch.float32])
+    def test_step(self, device, dtype, optim_info):
+        for optim_input in optim_info.optim_inputs_func(device=device):
+            p = torch.nn.Parameter(torch.ones(3, device=device, dtype=dtype))
+            p.grad = torch.ones_like(p)
+            optim_info.optim_cls([p], **optim_input.kwargs).step()
+
+
+instantiate_device_type_tests(TestOptimRenewed, globals())
+instantiate_device_type_tests(TestDifferentiableOptimizer, globals())
+"""
+
+
+def _with_expecttest(tmp_path):
+    """The environment with expecttest importable: the installed one, else a stand-in of what
+    torch's test utilities take from it (its TestCase, ACCEPT)."""
+    env = dict(os.environ)
+    if importlib.util.find_spec('expecttest') is None:
+        site = tmp_path / 'site'
+        site.mkdir()
+        (site / 'expecttest.py').write_text(
+            'import unittest\nACCEPT = False\n\n\nclass TestCase(unittest.TestCase):\n    pass\n')
+        env['PYTHONPATH'] = os.pathsep.join(
+            p for p in (str(site), env.get('PYTHONPATH')) if p)
+    return env
+
+
+def _torch_takes_the_suites_optimizer_info():
+    """torch's optimizer test tables know the OptimizerInfo arguments that the tool passes."""
+    spec = importlib.util.find_spec('torch.testing._internal.common_optimizers')
+    if spec is None:
+        return False
+    with open(spec.origin) as f:
+        return 'supports_fused_on' in f.read()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _torch_takes_the_suites_optimizer_info(),
+                    reason="this torch's optimizer test tables predate the tool's OptimizerInfo")
+def test_torch_optim_suite_runs_a_lone_test_optim(tmp_path):
+    """A lone test_optim.py collects (the stand-ins are TestCases) and runs FAME's case."""
+    test_file = tmp_path / 'test' / 'test_optim.py'
+    test_file.parent.mkdir()
+    test_file.write_text(LONE_TEST_OPTIM)
+    proc = subprocess.run([sys.executable, SUITE, str(test_file), '-rp'], cwd=tmp_path,
+                          env=_with_expecttest(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    passed = [line.split('::', 1)[1] for line in proc.stdout.splitlines()
+              if line.startswith('PASSED ')]
+    assert 'TestOptimRenewedCPU::test_step_FAME_cpu_float32' in passed, proc.stdout[-3000:]
+
+
+def test_torch_optim_suite_without_expecttest_names_the_fix(tmp_path):
+    """Without expecttest (torch's test utilities import it): one line naming the fix."""
+    code = ("import runpy, sys\n"
+            "sys.modules['expecttest'] = None  # import expecttest: ModuleNotFoundError\n"
+            f"sys.argv = [{SUITE!r}, 'test_optim.py']\n"
+            f"runpy.run_path({SUITE!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "torch_optim_suite.py: torch's test suite needs the expecttest package, which is not "
+        'installed: pip install expecttest']
+
+
+@pytest.mark.parametrize('argv, code, says', [
+    (['--help'], 0, [suite.__doc__.split('\n')[0], 'PATH/test/test_optim.py', 'PYTEST ARGS',
+                     'pip install expecttest']),
+    (['-h'], 0, ['PATH/test/test_optim.py', 'PYTEST ARGS']),
+    ([], 2, ['error: the following arguments are required: PATH/test/test_optim.py\n']),
+])
+def test_torch_optim_suite_help_and_usage(argv, code, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        suite.main(argv)
+    assert exit_.value.code == code
+    out = capsys.readouterr()
+    for text in says:
+        assert text in (out.out if code == 0 else out.err)
+
+
+@pytest.mark.parametrize('argv, pytest_args', [
+    (['t/test_optim.py'], []),
+    (['t/test_optim.py', '-x', '-k', 'test_errors'], ['-x', '-k', 'test_errors']),
+    (['t/test_optim.py', '--help'], ['--help']),  # after the file: pytest's
+])
+def test_torch_optim_suite_passes_what_follows_the_file_to_pytest(argv, pytest_args):
+    args = suite.parse_args(argv)
+    assert (args.test_file, args.pytest_args) == ('t/test_optim.py', pytest_args)

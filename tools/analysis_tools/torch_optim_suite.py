@@ -14,6 +14,7 @@ where torch warns; a Tensor lr works with foreach (Adam refuses it without captu
 numbers, not tensors. FAME has no ``capturable`` or ``differentiable`` argument (its fused kernel
 reads the step count on the device without one), so those inputs and tests do not apply.
 """
+import argparse
 import sys
 
 import pytest
@@ -74,10 +75,14 @@ def fame_info():
 
 def stand_in_siblings(path):
     """test_optim.py imports other suites' classes from ``test/optim/``; where the file was
-    copied alone, stand empty ones in (their tests are not FAME's)."""
+    copied alone, stand empty ones in (their tests are not FAME's). They are torch ``TestCase``s,
+    as the real ones are: torch's test machinery (``instantiate_device_type_tests``) copies a
+    class's attributes, which a plain class's ``__dict__`` descriptor refuses."""
     import importlib.util
     import os.path as osp
     import types
+
+    from torch.testing._internal.common_utils import TestCase
     sys.path.insert(0, osp.dirname(osp.abspath(path)))
     if importlib.util.find_spec('optim') is not None:
         return
@@ -86,17 +91,39 @@ def stand_in_siblings(path):
                          ('test_optim', 'TestDifferentiableOptimizer'),
                          ('test_swa_utils', 'TestSWAUtils')):
         stub = sys.modules[f'optim.{module}'] = types.ModuleType(f'optim.{module}')
-        setattr(stub, name, type(name, (), {}))
+        setattr(stub, name, type(name, (TestCase,), {'__module__': stub.__name__}))
 
 
-def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split('\n', 2)[2])
+    p.add_argument('test_file', metavar='PATH/test/test_optim.py',
+                   help="test_optim.py of a PyTorch source tree of your torch release (alone, or "
+                   "with its test/optim/ beside it)")
+    p.add_argument('pytest_args', nargs=argparse.REMAINDER, metavar='PYTEST ARGS',
+                   help="passed to pytest after the file (e.g. -x, -v, -k 'test_errors')"
+                   ).required = False  # optional (argparse would name it in a usage error)
+    return p.parse_args(argv)
+
+
+def require_expecttest():
+    """torch's test utilities import expecttest, which torch's wheel does not install."""
+    try:
+        import expecttest  # noqa: F401
+    except ImportError:
+        sys.exit("torch_optim_suite.py: torch's test suite needs the expecttest package, which "
+                 'is not installed: pip install expecttest')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    require_expecttest()
     from torch.testing._internal import common_optimizers
     common_optimizers.optim_db.append(fame_info())
-    stand_in_siblings(sys.argv[1])
-    sys.exit(pytest.main([sys.argv[1], '-k', 'FAME', '-q', '-p', 'no:cacheprovider',
-                         *sys.argv[2:]]))
+    stand_in_siblings(args.test_file)
+    sys.exit(pytest.main([args.test_file, '-k', 'FAME', '-q', '-p', 'no:cacheprovider',
+                         *args.pytest_args]))
 
 
 if __name__ == '__main__':
