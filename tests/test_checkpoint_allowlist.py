@@ -1,4 +1,4 @@
-"""mmfame.engine.checkpoint: mmengine Runner checkpoints load with
+"""mmfame.runtime.checkpoint: mmengine Runner checkpoints load with
 ``torch.load(weights_only=True)``, and crafted checkpoints that abuse the allowlisted names are
 refused."""
 import collections
@@ -14,7 +14,7 @@ import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 
 from mmfame.optim._compat import TORCH_VERSION
-from mmfame.engine import checkpoint as ck
+from mmfame.runtime import checkpoint as ck
 
 TORCH_2_6 = TORCH_VERSION >= (2, 6)
 needs_pairs = pytest.mark.skipif(
@@ -26,6 +26,15 @@ SCALAR = np.float64(0).__reduce__()[0]
 NUMPY_MODULE = RECONSTRUCT.__module__  # numpy.core.multiarray (1.x) or numpy._core.multiarray
 OTHER_NUMPY_MODULE = {'numpy.core.multiarray': 'numpy._core.multiarray',
                       'numpy._core.multiarray': 'numpy.core.multiarray'}[NUMPY_MODULE]
+
+
+def allow_process_wide() -> bool:
+    """The allowlist for every ``torch.load`` of this process (mmfame only ever enters it inside
+    mmengine's checkpoint loading): False, doing nothing, on torch < 2.6."""
+    if not TORCH_2_6:
+        return False
+    torch.serialization.add_safe_globals(ck.checkpoint_safe_globals())
+    return True
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +126,7 @@ def test_runner_style_checkpoint_needs_the_allowlist():
 def test_runner_style_checkpoint_loads():
     expected = runner_style_checkpoint()
     data = save(expected)
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     first, second = load(data), load(data)
     resaved = save(first)
     assert b'mmfame' not in resaved  # pickles as numpy and mmengine objects again
@@ -140,7 +149,7 @@ def test_runner_style_checkpoint_loads():
     np.float16(2.0), np.bool_(True),
 ], ids=lambda o: type(o).__name__)
 def test_plain_objects_load_as_themselves(obj):
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     assert_same(load(save(obj)), obj)
 
 
@@ -151,7 +160,7 @@ def test_plain_objects_load_as_themselves(obj):
     np.array([True, False]), np.zeros((2, 0, 3), dtype=np.uint16),
 ], ids=lambda a: f'{a.dtype.str}{a.shape}')
 def test_arrays_load_and_resave_as_ndarray(array):
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     expected = pickle.loads(pickle.dumps(array, protocol=2))  # numpy makes the byte order native
     loaded = load(save(array))
     assert_same(loaded, expected)
@@ -168,7 +177,7 @@ def test_other_numpy_major_version_names_load(obj):
     raw = pickle.dumps(obj, protocol=2)
     assert NUMPY_MODULE.encode() in raw
     other = raw.replace(f'c{NUMPY_MODULE}\n'.encode(), f'c{OTHER_NUMPY_MODULE}\n'.encode())
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     assert_same(load(legacy_file(other)), obj)
 
 
@@ -205,7 +214,7 @@ def test_mmengine_runner_checkpoint_resumes(tmp_path):
     path = str(tmp_path / 'iter_2.pth')
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     loaded = torch.load(path, weights_only=True)
     assert type(loaded['message_hub']['log_scalars']['train/loss']) is HistoryBuffer
     assert type(loaded['message_hub']['runtime_info']['eta']) is np.float64
@@ -228,13 +237,9 @@ def test_allowlist_binds_names_to_stand_ins_only():
             'mmengine.logging.history_buffer.HistoryBuffer'} <= names
     for obj, name in safe:
         assert obj.__module__ == ck.__name__, name
-    assert ck.register_checkpoint_safe_globals() and ck.register_checkpoint_safe_globals()
-    assert len(torch.serialization.get_safe_globals()) == len(safe)  # idempotent
-
-
-@pytest.mark.skipif(TORCH_2_6, reason='torch >= 2.6 registers the allowlist')
-def test_register_is_a_noop_before_torch_2_6():
-    assert ck.register_checkpoint_safe_globals() is False
+    with ck.checkpoint_allowlist():
+        assert len(torch.serialization.get_safe_globals()) == len(safe)
+    assert torch.serialization.get_safe_globals() == []  # inside the block only
 
 
 # ------------------------------------------------------------------------------------ crafted
@@ -300,7 +305,7 @@ CRAFTED = {
 @pytest.mark.parametrize('obj, message', CRAFTED.values(), ids=CRAFTED.keys())
 def test_crafted_checkpoint_is_refused(obj, message):
     data = save({'state_dict': {'w': torch.ones(2)}, 'meta': [obj]})
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     with pytest.raises(pickle.UnpicklingError, match=re.escape(message)):
         load(data)
 
@@ -328,7 +333,7 @@ def test_crafted_history_buffer_is_refused(monkeypatch, state, message):
     monkeypatch.setattr(HistoryBuffer, '__getstate__', lambda self: state)
     data = save({'log_scalars': {'train/loss': HistoryBuffer()}})
     monkeypatch.undo()
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     with pytest.raises(pickle.UnpicklingError, match=re.escape(message)):
         load(data)
     assert HistoryBuffer._statistics_methods == before
@@ -352,7 +357,7 @@ def test_array_is_filled_only_once():
     raw = pickle.dumps(np.arange(2.), protocol=2)
     state = _memo_index_before(raw, 'STOP')  # the state tuple, memoized before its BUILD
     twice = raw[:-1] + pickle.BINGET + bytes([state]) + pickle.BUILD + pickle.STOP
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     assert_same(load(legacy_file(raw)), np.arange(2.))
     with pytest.raises(pickle.UnpicklingError, match='rebuilding a numpy array'):
         load(legacy_file(twice))
@@ -373,6 +378,6 @@ def test_history_buffer_refuses_an_unfilled_array():
                + text('_log_history') + raw[2:mark]
                + text('_count_history') + pickle.BINGET + bytes([array])
                + pickle.SETITEMS + pickle.BUILD + pickle.STOP)
-    assert ck.register_checkpoint_safe_globals()
+    assert allow_process_wide()
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer state'):
         load(legacy_file(crafted))

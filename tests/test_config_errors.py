@@ -218,3 +218,13 @@ def test_an_unknown_optimizer_type_suggests_the_nearest(name, near):
     with pytest.raises(ValueError, match=f"type {name!r} is not a registered optimizer: did "
                                          f"you mean {near}"):
         build_optim_wrapper(nn.Linear(2, 2), cfg)
+
+
+@pytest.mark.parametrize('name', ['', '   '])
+def test_an_empty_optimizer_type_names_the_key_and_the_fix(name):
+    """mmengine's own message is 'Failed to get ' with nothing after it."""
+    cfg = dict(type='OptimWrapper', optimizer=dict(type=name, lr=1e-3),
+               constructor='FAMEOptimWrapperConstructor')
+    with pytest.raises(ValueError, match=rf"optim_wrapper.optimizer.type is {name!r}: name an "
+                                         r"optimizer, e.g. type='FAME'"):
+        build_optim_wrapper(nn.Linear(2, 2), cfg)

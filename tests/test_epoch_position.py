@@ -1,5 +1,5 @@
 """A stopped epoch resumed with the same or another layout trains each of its samples once
-(mmfame/engine/epoch_position.py), checked against mmengine's own DefaultSampler on every rank."""
+(mmfame/runtime/epoch_position.py), checked against mmengine's own DefaultSampler on every rank."""
 import collections
 import math
 
@@ -8,7 +8,7 @@ import torch
 from mmengine.dataset import DefaultSampler
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from mmfame.engine.epoch_position import describe_layout, resumed_loader, trained_samples
+from mmfame.runtime.epoch_position import describe_layout, resumed_loader, trained_samples
 
 
 class Images(torch.utils.data.Dataset):

@@ -1,5 +1,4 @@
 """FAME inside mmengine: registries and scopes, OptimWrapper features, schedulers, resume."""
-import importlib
 import io
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from torch import nn
 
 import mmfame
 from mmfame import FAME, FAMEOptimWrapperConstructor
-from mmfame.engine import registry
+from mmfame import registry
 from mmfame.engine.optimizers import build_fame
 from mmfame.optim import _triton_fame
 
@@ -63,9 +62,11 @@ def assert_bitwise(model_a, model_b):
 # --- registries -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('scope', ['mmengine', 'mmdet', 'mmseg'])
-@pytest.mark.parametrize('constructor', [None, 'FAMEOptimWrapperConstructor'])
-def test_builds_by_name_under_default_scope(scope, constructor):
-    cfg = dict(optimizer=dict(type='FAME', lr=LR, beta3=0.5))
+@pytest.mark.parametrize('constructor', [None, 'FAMEOptimWrapperConstructor',
+                                         'mmfame.FAMEOptimWrapperConstructor'])
+@pytest.mark.parametrize('name', ['FAME', 'mmfame.FAME'])
+def test_builds_by_name_under_default_scope(scope, constructor, name):
+    cfg = dict(optimizer=dict(type=name, lr=LR, beta3=0.5))
     if constructor:
         cfg['constructor'] = constructor
     with DefaultScope.overwrite_default_scope(scope):
@@ -94,11 +95,9 @@ print(type(w.optimizer).__module__, type(w.optimizer).__name__)
     assert out.stdout.split()[-2:] == ['mmfame.optim.fame', 'FAME']
 
 
-def test_registration_is_idempotent_and_never_overrides():
-    importlib.reload(registry)
-    registry.register_all()
-    registry.register_all()
-    mmfame.engine.register_all()
+def test_root_registration_is_idempotent_and_never_overrides():
+    assert registry.register_in_root(registry.OPTIMIZERS, 'FAME', build_fame)
+    assert registry.register_in_root(registry.OPTIMIZERS, 'FAME', build_fame)
     assert OPTIMIZERS.get('FAME') is build_fame
     assert OPTIM_WRAPPER_CONSTRUCTORS.get('FAMEOptimWrapperConstructor') is (
         FAMEOptimWrapperConstructor)
@@ -106,14 +105,10 @@ def test_registration_is_idempotent_and_never_overrides():
     class Impostor(FAME):
         pass
 
-    with pytest.raises(KeyError, match='will not override'):
-        registry.register(OPTIMIZERS, 'FAME', Impostor)
-    with pytest.raises(KeyError, match='already registered'):
-        registry.register(OPTIM_WRAPPER_CONSTRUCTORS, 'DefaultOptimWrapperConstructor',
-                         FAMEOptimWrapperConstructor)
-    assert OPTIMIZERS.get('FAME') is build_fame
-    assert OPTIM_WRAPPER_CONSTRUCTORS.get('DefaultOptimWrapperConstructor') is not (
-        FAMEOptimWrapperConstructor)
+    with pytest.warns(UserWarning, match="type='mmfame.DefaultOptimWrapperConstructor'"):
+        assert not registry.register_in_root(registry.OPTIM_WRAPPER_CONSTRUCTORS,
+                                             'DefaultOptimWrapperConstructor', Impostor)
+    assert OPTIM_WRAPPER_CONSTRUCTORS.get('DefaultOptimWrapperConstructor') is not Impostor
 
 
 # --- OptimWrapper features --------------------------------------------------------------------

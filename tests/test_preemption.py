@@ -1,5 +1,6 @@
 """PreemptionHook's signal handling: copies of one preemption are one, a deliberate repeat stops
-at once through the handler it replaced, and it stays out of threads that cannot take signals.
+at once through the handler it replaced, the handler installed before it hears every signal, and
+it stays out of threads that cannot take signals.
 The saves, the agreement across ranks and the resumes run end to end in test_tools.py."""
 import os
 import signal
@@ -9,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mmfame.engine import PreemptionHook
+from mmfame.runtime import PreemptionHook
 
 RUNNER = SimpleNamespace(iter=0, val_loop=None)
 
@@ -29,23 +30,24 @@ def storm(count, pause=0.01):
         time.sleep(pause)
 
 
-# id: (grace, saving, repeats taken as the same preemption, signals handed to the previous handler)
+# id: (grace, saving, signals after the first, repeats taken as the same preemption, signals the
+# previous handler hears: it hears every one, from the hook or, once the hook gave up, directly)
 STORMS = {
-    'copies within the grace period': (30, None, 2, 0),
-    'a repeat after the grace period stops at once': (0, None, 0, 1),
-    'a repeat while the checkpoint is written': (0, 'train', 2, 0),
+    'copies within the grace period': (30, None, 2, 2, 3),
+    'a repeat after the grace period stops at once': (0, None, 1, 0, 2),
+    'a repeat while the checkpoint is written': (0, 'train', 2, 2, 3),
 }
 
 
 @pytest.mark.parametrize('case', STORMS)
 def test_repeated_signals(case, previous):
-    grace, saving, repeats, handed_on = STORMS[case]
+    grace, saving, later, repeats, handed_on = STORMS[case]
     hook = PreemptionHook(signals=('SIGUSR1',), grace=grace)
     hook.before_train(RUNNER)
     try:
         storm(1)
         hook._saving = saving
-        storm(2 if handed_on == 0 else 1)
+        storm(later)
         assert hook.received == 'SIGUSR1'
         assert hook.repeats == repeats
         assert len(previous) == handed_on

@@ -372,7 +372,7 @@ def test_a_damaged_or_future_lock_is_named_with_the_fix(case, tmp_path):
 
 LEASE_HOLDER = textwrap.dedent('''\
     import time
-    from mmfame.engine.lease import hold_run_lease
+    from mmfame.runtime.lease import hold_run_lease
     hold_run_lease(interval=0.2)
     time.sleep(30)
     ''')

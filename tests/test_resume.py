@@ -1,5 +1,5 @@
-"""mmfame.engine.resume: the checkpoint a bare --resume continues from, by work-dir layout;
-mmfame.engine.fileio: checkpoints written whole or not at all.
+"""mmfame.runtime.resume: the checkpoint a bare --resume continues from, by work-dir layout;
+mmfame.runtime.fileio: checkpoints written whole or not at all.
 
 Checkpoints here are small torch.save files; a 'cut' one is its first half (a kill while it was
 written). The end-to-end runs (tools/train.py --resume into such work dirs) are in test_tools.py.
@@ -10,12 +10,12 @@ import os.path as osp
 import pytest
 import torch
 
-pytest.importorskip('mmengine', reason='mmfame.engine needs mmengine')
+pytest.importorskip('mmengine', reason='mmfame.runtime needs mmengine')
 
-from mmfame.engine import resume  # noqa: E402
-from mmfame.engine.fileio import (ATOMIC_BACKEND, AtomicLocalBackend,  # noqa: E402
+from mmfame.runtime import resume  # noqa: E402
+from mmfame.runtime.fileio import (ATOMIC_BACKEND, AtomicLocalBackend,  # noqa: E402
                                   use_atomic_checkpoints)
-from mmfame.engine.resume import (resumable_checkpoint, resume_checkpoint,  # noqa: E402
+from mmfame.runtime.resume import (resumable_checkpoint, resume_checkpoint,  # noqa: E402
                                   unreadable_reason)
 
 # id: ({file: 'whole' | 'cut' | 'junk'}, last_checkpoint text ('{here}'/'{there}' stand for the

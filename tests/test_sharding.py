@@ -38,12 +38,13 @@ SETTINGS = {
     'zero-flexible': '''\
         runner_type = 'FlexibleRunner'
         strategy = dict(type='DDPStrategy')
-        optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor',
-                             optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME'))
+        optim_wrapper = dict(optimizer=dict(type='mmfame.ZeroRedundancyOptimizer',
+                                            optimizer_type='FAME'))
+        custom_hooks = [dict(type='mmfame.ZeroCheckpointHook')]
         ''',
     'fsdp': '''\
         runner_type = 'FlexibleRunner'
-        strategy = dict(type='FSDPStrategy', state_dict_cfg='full')
+        strategy = dict(type='mmfame.FSDPStrategy', state_dict_cfg='full')
         ''',
 }
 SHARDED = tuple(SETTINGS)
@@ -228,7 +229,7 @@ ZERO_FUSED_ON_CPU = textwrap.dedent('''\
     from mmengine.optim import build_optim_wrapper
     dist.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0, world_size=1)
     build_optim_wrapper(nn.Linear(3, 4), dict(type='OptimWrapper', optimizer=dict(
-        type='ZeroRedundancyOptimizer', optimizer_type='FAME', lr=1e-3, fused=True)))
+        type='mmfame.ZeroRedundancyOptimizer', optimizer_type='FAME', lr=1e-3, fused=True)))
     ''')
 
 
@@ -243,11 +244,13 @@ def test_zero_fused_on_cpu_tensors_fails_at_build(tmp_path):
     assert 'use the default path' in message or 'Triton >= 3.0' in message, message
 
 
-@pytest.mark.parametrize('constructor', ['FAMEOptimWrapperConstructor',
-                                         'DefaultOptimWrapperConstructor'])
-def test_zero_config_form_builds_fame_shards(one_rank_group, constructor):
+@pytest.mark.parametrize('constructor, kind', [
+    ('FAMEOptimWrapperConstructor', 'ZeroRedundancyOptimizer'),  # mmengine's, built through ours
+    ('FAMEOptimWrapperConstructor', 'mmfame.ZeroRedundancyOptimizer'),
+    ('DefaultOptimWrapperConstructor', 'mmfame.ZeroRedundancyOptimizer')])
+def test_zero_config_form_builds_fame_shards(one_rank_group, constructor, kind):
     from mmfame import FAME
-    wrapper = _build(_Net(), dict(ZERO, optimizer_type='FAME', weight_decay=0.05),
+    wrapper = _build(_Net(), dict(type=kind, lr=1e-3, optimizer_type='FAME', weight_decay=0.05),
                      constructor=constructor, paramwise_cfg=dict(norm_decay_mult=0.))
     zero = wrapper.optimizer
     assert isinstance(zero.optim, FAME)
@@ -256,33 +259,42 @@ def test_zero_config_form_builds_fame_shards(one_rank_group, constructor):
 
 
 HOOK_CASES = {
-    # case: (runner type, optimizer type, hooks the config lists, ZeroCheckpointHooks expected)
-    'Runner, ZeRO': ('Runner', 'ZeroRedundancyOptimizer', [], 1),
-    'Runner, ZeRO, hook listed': ('Runner', 'ZeroRedundancyOptimizer', ['ZeroCheckpointHook'], 1),
-    'Runner, FAME': ('Runner', 'FAME', [], 0),
-    'FlexibleRunner, ZeRO': ('FlexibleRunner', 'ZeroRedundancyOptimizer', [], 1),
-    'FlexibleRunner, FAME': ('FlexibleRunner', 'FAME', [], 0),
+    # case: (optimizer type, hooks the config lists, ZeroCheckpointHooks tools/train.py gives it)
+    'ZeRO': ('ZeroRedundancyOptimizer', [], 1),
+    "mmfame's ZeRO": ('mmfame.ZeroRedundancyOptimizer', [], 1),
+    'ZeRO, hook listed': ('ZeroRedundancyOptimizer', ['mmfame.ZeroCheckpointHook'], 1),
+    'FAME': ('FAME', [], 0),
 }
 
 
 @pytest.mark.parametrize('case', HOOK_CASES, ids=list(HOOK_CASES))
-def test_zero_runners_get_the_checkpoint_hook_once(tmp_path, case):
-    """Without ZeroCheckpointHook a ZeRO run hangs at its first checkpoint: the config form needs
-    no custom_hooks entry, and one that lists the hook does not get a second."""
-    import mmfame  # noqa: F401
-    from mmengine.registry import RUNNERS
+def test_train_gives_zero_runs_the_checkpoint_hook_once(case):
+    """Without ZeroCheckpointHook a ZeRO run hangs at its first checkpoint: tools/train.py adds
+    it to a ZeRO config that does not list it, and never a second one."""
+    from mmengine.config import Config
 
-    from mmfame.engine.hooks import ZeroCheckpointHook
-    runner_type, optimizer_type, hooks, expected = HOOK_CASES[case]
-    optimizer = dict(type=optimizer_type, lr=1e-3)
-    if optimizer_type.startswith('Zero'):
-        optimizer['optimizer_type'] = 'FAME'
-    runner = RUNNERS.get(runner_type)(
-        model=nn.Linear(2, 2), work_dir=str(tmp_path), experiment_name=f'hooks_{case}',
-        train_dataloader=dict(dataset=[], sampler=dict(type='DefaultSampler'), batch_size=1),
-        train_cfg=dict(by_epoch=False, max_iters=1), optim_wrapper=dict(optimizer=optimizer),
-        custom_hooks=[dict(type=h) for h in hooks], default_scope='mmengine')
-    assert sum(isinstance(h, ZeroCheckpointHook) for h in runner.hooks) == expected
+    from mmfame.engine import asks_for_zero
+    from mmfame.runtime import add_custom_hooks
+    optimizer_type, hooks, expected = HOOK_CASES[case]
+    cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type=optimizer_type)),
+                      custom_hooks=[dict(type=h) for h in hooks]))
+    if asks_for_zero(cfg.optim_wrapper):
+        add_custom_hooks(cfg, 'mmfame.ZeroCheckpointHook')
+    assert [h['type'] for h in cfg.custom_hooks].count('mmfame.ZeroCheckpointHook') == expected
+
+
+def test_zero_without_its_checkpoint_hook_warns_at_the_first_step(one_rank_group, monkeypatch):
+    from mmfame.engine import zero
+    logged = []
+    monkeypatch.setattr(zero, 'print_log', lambda msg, **kw: logged.append(msg))
+    wrappers = [_build(_Net(), dict(type='mmfame.ZeroRedundancyOptimizer', optimizer_type='FAME',
+                                    lr=1e-3)) for _ in range(2)]
+    hooked = type('Runner', (), dict(optim_wrapper=wrappers[1], save_checkpoint=lambda: None))()
+    zero.ZeroCheckpointHook().before_train(hooked)
+    for wrapper in wrappers:
+        for _ in range(2):
+            wrapper.optimizer.step()
+    assert len(logged) == 1 and zero.HOOK_FIX in logged[0]  # once, and only without the hook
 
 
 @pytest.mark.skipif(not FSDP_ON_CPU, reason=FSDP_REASON)
@@ -298,13 +310,13 @@ def test_cpu_strategy_rewrite(monkeypatch):
     dict without offloading; on a torch whose FSDP needs CUDA it is refused before it starts."""
     from mmengine.config import Config
 
-    from mmfame.engine import dist as mmfame_dist
+    from mmfame.runtime import dist as mmfame_dist
     monkeypatch.setattr(mmfame_dist, 'cuda_available', lambda: False)
     monkeypatch.setattr(mmfame_dist, 'patch_init_dist_for_cpu', lambda: True)
 
     def cfg():
         return Config(dict(launcher='pytorch', runner_type='FlexibleRunner',
-                           strategy=dict(type='FSDPStrategy', state_dict_cfg='full')))
+                           strategy=dict(type='mmfame.FSDPStrategy', state_dict_cfg='full')))
 
     monkeypatch.setattr(mmfame_dist, 'TORCH_VERSION', (2, 13))
     c = cfg()

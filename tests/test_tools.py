@@ -17,9 +17,9 @@ those marked ``smoke`` run on every tested stack.
   ``tools/slurm_train.sh`` on a real two-node Slurm (slurmctld, a slurmd per node on its own
   loopback address, munge; started by tests/slurm/start.sh as root, which installs them only
   under CI=true) trains the same 2 ranks, on one node or across both, to the very same weights;
-* mmfame.engine: checkpoints load with ``torch.load(weights_only=True)`` inside mmengine's
-  checkpoint loading once mmfame is imported, and anywhere after
-  ``register_checkpoint_safe_globals`` (and not before); the CPU adaptations are no-ops with CUDA.
+* mmfame.runtime: checkpoints load with ``torch.load(weights_only=True)`` inside
+  ``checkpoint_allowlist()`` (what ``mmfame.WeightsOnlyLoadHook`` wraps a runner's loading in) and
+  nowhere else, even once mmfame is imported; the CPU adaptations are no-ops with CUDA.
 """
 import copy
 import glob
@@ -847,7 +847,7 @@ def test_slurm_start_with_no_install_installs_nothing(tmp_path):
     assert calls[0].startswith('install ') and 'slurmd' in calls[0].split(), calls
 
 
-# ----------------------------------------------------------------------------- mmfame.engine
+# ---------------------------------------------------------------------------- mmfame.runtime
 CHECK_SAFE_GLOBALS = r'''
 import io, pickle, sys
 import torch
@@ -858,17 +858,19 @@ except pickle.UnpicklingError as e:
     print('BEFORE: fails:', [l for l in str(e).splitlines() if 'Unsupported global' in l])
 else:
     print('BEFORE: loads')
-import mmfame  # allowlists inside mmengine's checkpoint loading only
+import mmfame  # changes nothing in torch.load
 try:
     torch.load(path, map_location='cpu', weights_only=True)
     print('IMPORTED: torch.load loads')
 except pickle.UnpicklingError:
     print('IMPORTED: torch.load fails')
 from mmengine.runner.checkpoint import _load_checkpoint
-hub = _load_checkpoint(path, map_location='cpu')['message_hub']['log_scalars']
+from mmfame.runtime import checkpoint_allowlist
+with checkpoint_allowlist():
+    hub = _load_checkpoint(path, map_location='cpu')['message_hub']['log_scalars']
 print('MMENGINE: loads', type(hub['train/loss']).__name__)
-from mmfame.engine import register_checkpoint_safe_globals
-assert register_checkpoint_safe_globals()
+allowlist = checkpoint_allowlist()
+allowlist.__enter__()
 ckpt = torch.load(path, map_location='cpu', weights_only=True)
 hub = ckpt['message_hub']['log_scalars']
 print('AFTER: loads', type(hub['train/loss']).__name__, float(hub['train/loss'].mean()))
@@ -886,7 +888,7 @@ for name, obj in (('Namespace', argparse.Namespace(a=1)),
         print('OTHER', name, 'loads')
     except pickle.UnpicklingError:
         print('OTHER', name, 'refused')
-from mmfame.engine import history_buffer_getattr
+from mmfame.runtime.checkpoint import history_buffer_getattr
 try:
     history_buffer_getattr(torch, 'load')
     print('GETATTR torch.load allowed')
@@ -928,7 +930,7 @@ def _launcher_cfg(launcher='pytorch', **kw):
 
 
 def test_cpu_compat_is_a_noop_with_cuda(monkeypatch):
-    from mmfame.engine import dist as mdist
+    from mmfame.runtime import dist as mdist
     monkeypatch.setattr(mdist, 'cuda_available', lambda: True)
     before = _dist_utils_functions()
     cfg = _launcher_cfg()
@@ -943,7 +945,7 @@ def test_cpu_compat_is_a_noop_with_cuda(monkeypatch):
 def test_cpu_compat_config_rewrite(monkeypatch):
     from mmengine.dist import utils as du
 
-    from mmfame.engine import CPU_DDP_TYPE, setup_cpu_distributed
+    from mmfame.runtime.dist import CPU_DDP_TYPE, setup_cpu_distributed
     for name, fn in _dist_utils_functions().items():
         monkeypatch.setattr(du, name, fn)  # restored at teardown
 
@@ -955,7 +957,7 @@ def test_cpu_compat_config_rewrite(monkeypatch):
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.model_wrapper_cfg == dict(type=CPU_DDP_TYPE, broadcast_buffers=False,
                                          find_unused_parameters=True)
-    assert all(getattr(fn, '_mmfame_patch', None)
+    assert all(getattr(fn, '_mmfame_without_set_device', None)
                for fn in _dist_utils_functions().values())
 
     cfg = _launcher_cfg('slurm', model_wrapper_cfg=dict(type='MMDistributedDataParallel',
@@ -976,7 +978,7 @@ import torch
 from mmengine.dist import init_dist, get_world_size
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
-from mmfame.engine import CPU_DDP_TYPE, finalize_distributed, setup_cpu_distributed
+from mmfame.runtime.dist import CPU_DDP_TYPE, finalize_distributed, setup_cpu_distributed
 from mmengine.config import Config
 
 os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_train.sh CONFIG GPUS [train.py args...]
 # env: NNODES (1), NODE_RANK (0), PORT (29500), MASTER_ADDR (127.0.0.1), PYTHON (python)
-# GPUS processes per node; without CUDA they train on CPU with gloo (see mmfame/engine/dist.py).
+# GPUS processes per node; without CUDA they train on CPU with gloo (see mmfame/runtime/dist.py).
 # torch.distributed.run (torchrun) replaces the deprecated torch.distributed.launch: same options,
 # LOCAL_RANK is passed in the environment.
 

@@ -51,7 +51,7 @@ if [ "${REQUEUE:-0}" = 1 ]; then
     # gets none of its own; a B: signal reaches the batch shell, which passes it on to srun.
     STEP=$(printf ' %q' env REQUEUE=0 SIGNAL= bash "$TOOLS/slurm_train.sh" "$PARTITION" \
         "$JOB_NAME" "$CONFIG" "$WORK_DIR" "${@:5}")  # quoted for the batch script
-    RECORD=$(printf '%q' "${WORK_DIR}/preempted.json")  # mmfame/engine/protocol.py's records
+    RECORD=$(printf '%q' "${WORK_DIR}/preempted.json")  # mmfame/runtime/protocol.py's records
     JOB_RECORD=$(printf '%q' "${WORK_DIR}/slurm_job.json")
     exec sbatch --parsable --requeue --open-mode=append \
         -p ${PARTITION} \
@@ -89,10 +89,10 @@ EOF
 fi
 
 # resume a preempted or requeued run of this config (unless the arguments choose a checkpoint)
-# (the rule and the record it reads: mmfame/engine/protocol.py)
+# (the rule and the record it reads: mmfame/runtime/protocol.py)
 RESUME=""
 if [[ " ${*:5} " != *" --resume"* ]] && [ -f "$WORK_DIR/last_checkpoint" ] && \
-        "$PYTHON" "$TOOLS/../mmfame/engine/protocol.py" resume "$WORK_DIR" "$CONFIG"; then
+        "$PYTHON" "$TOOLS/../mmfame/runtime/protocol.py" resume "$WORK_DIR" "$CONFIG"; then
     RESUME=--resume
 fi
 

@@ -10,8 +10,9 @@ package. Scope-dependent behaviour follows each package's own test.py:
   mmseg uses the config's ``tta_model``/``tta_pipeline``;
 * ``--show``/``--show-dir``: each package's visualization hook.
 
-Checkpoints are loaded with ``weights_only=True`` (torch >= 2.6) through the allowlist that
-``import mmfame`` registers; without CUDA the distributed launchers run on gloo.
+Checkpoints are loaded with ``weights_only=True`` (torch >= 2.6) through mmfame's allowlist
+(``mmfame.WeightsOnlyLoadHook``, added to a config without it); without CUDA the distributed
+launchers run on gloo.
 """
 import argparse
 import os
@@ -23,7 +24,8 @@ from mmengine import ConfigDict
 from mmengine.config import Config, DictAction
 
 import mmfame  # noqa: F401  (registers FAME)
-from mmfame.engine import build_runner, finalize_distributed, setup_cpu_distributed
+from mmfame.runtime import (add_custom_hooks, build_runner, finalize_distributed,
+                            setup_cpu_distributed)
 
 
 # TODO: support fuse_conv_bn and format_only
@@ -183,6 +185,8 @@ def main():
     # CPU launchers (no-op with CUDA)
     setup_cpu_distributed(cfg)
 
+    # checkpoints that load under torch >= 2.6, unless the config lists the hook itself
+    add_custom_hooks(cfg, 'mmfame.WeightsOnlyLoadHook')
     # build the runner from config (with runner_type: from the config's package's RUNNERS)
     runner = build_runner(cfg)
 

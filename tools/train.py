@@ -5,20 +5,22 @@ MMDetection 3.x's ``tools/train.py`` argument surface. The config's ``default_sc
 (``mmdet``/``mmseg``) decides which package's registries the Runner uses, so one script serves
 both. Differences from upstream:
 
-* ``import mmfame`` registers ``type='FAME'`` and the allowlist with which ``--resume`` loads
-  mmengine Runner checkpoints under torch >= 2.6 (as it does for upstream's own train.py);
-* without CUDA, the distributed launchers run on gloo (``mmfame.engine.setup_cpu_distributed``);
+* ``import mmfame`` registers ``type='FAME'`` and mmfame's hooks; a config without them gets
+  ``mmfame.WeightsOnlyLoadHook`` (``--resume`` loads Runner checkpoints under torch >= 2.6),
+  ``mmfame.PreemptionHook`` (below) and, for ZeRO-1, ``mmfame.ZeroCheckpointHook``; with
+  upstream's train.py a config lists them itself (docs/openmmlab.md);
+* without CUDA, the distributed launchers run on gloo (``mmfame.runtime.setup_cpu_distributed``);
 * a bare ``--resume`` continues from the newest whole checkpoint of the work dir, also where
   ``last_checkpoint`` names a file that is gone, cut short or in another (copied) work dir
-  (``mmfame.engine.resume``);
+  (``mmfame.runtime.resume``);
 * SIGTERM or SIGUSR1 (a cluster's preemption, time limit or early warning) saves a checkpoint at
   the end of the current iteration (or of the validation in progress) on every rank and exits
   with 75, "resume me"; a resume inside an epoch continues on the samples that epoch had not
-  trained, also on another number of GPUs or batch size (``mmfame.engine.PreemptionHook``;
+  trained, also on another number of GPUs or batch size (``mmfame.runtime.PreemptionHook``;
   ``--no-preemption-hook`` leaves the signals alone);
-* local checkpoints are written to a temporary name and renamed (``mmfame.engine.fileio``), and a
+* local checkpoints are written to a temporary name and renamed (``mmfame.runtime.fileio``), and a
   work dir that cannot be written is one line with the fix;
-* started by ``tools/reproduce.py``, rank 0 keeps the run's lock fresh (``mmfame.engine.lease``).
+* started by ``tools/reproduce.py``, rank 0 keeps the run's lock fresh (``mmfame.runtime.lease``).
 """
 import argparse
 import os
@@ -28,9 +30,10 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 import mmfame  # noqa: F401  (registers FAME)
-from mmfame.engine import (PreemptionHook, build_runner, check_work_dir, finalize_distributed,
-                           resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
-from mmfame.engine.lease import hold_run_lease
+from mmfame.engine import asks_for_zero
+from mmfame.runtime import (add_custom_hooks, build_runner, check_work_dir, finalize_distributed,
+                            resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
+from mmfame.runtime.lease import hold_run_lease
 
 
 def parse_args():
@@ -86,7 +89,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    # launched by tools/reproduce.py: this process keeps the run's lock (mmfame.engine.lease)
+    # launched by tools/reproduce.py: this process keeps the run's lock (mmfame.runtime.lease)
     hold_run_lease()
 
     # load config
@@ -147,12 +150,14 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
-    # checkpoint on a cluster's stop signal, unless the config has the hook or it is turned off
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    if not args.no_preemption_hook and not any(
-            isinstance(h, dict) and h.get('type') in ('PreemptionHook', PreemptionHook)
-            for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type='PreemptionHook')]
+    # what a config can list itself: checkpoints that load under torch >= 2.6, a checkpoint on a
+    # cluster's stop signal (unless turned off), ZeRO-1 checkpoints that gather every rank's shard
+    hooks = ['mmfame.WeightsOnlyLoadHook']
+    if not args.no_preemption_hook:
+        hooks.append('mmfame.PreemptionHook')
+    if asks_for_zero(cfg.optim_wrapper):
+        hooks.append('mmfame.ZeroCheckpointHook')
+    add_custom_hooks(cfg, *hooks)
     # checkpoints written under a temporary name, then renamed: whole or absent, never cut short
     use_atomic_checkpoints(cfg)
 

@@ -1,20 +1,15 @@
 """FAME's state sharded across ranks: what mmengine's ZeRO-1 wrapper and FSDPStrategy need.
 
-* ZeRO-1 (``optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...)``, the form
-  configs write for AdamW): mmengine's wrapper resolves ``optimizer_type`` with
-  ``getattr(torch.optim, optimizer_type)`` only, so FAME is made an attribute of ``torch.optim``
-  (:mod:`mmfame.engine.patches`). :func:`check_zero_cfg` names the fix for
-  an ``optimizer_type`` that cannot resolve, at build time. mmengine saves checkpoints on rank 0
-  only, but gathering the shards (``consolidate_state_dict``) needs every rank: without
-  :class:`mmfame.engine.hooks.ZeroCheckpointHook` the first checkpoint of any ZeRO run hangs, so
-  every runner whose optimizer is ZeRO gets that hook (:mod:`mmfame.engine.patches`).
+* ZeRO-1: ``optimizer=dict(type='mmfame.ZeroRedundancyOptimizer', optimizer_type='FAME', ...)``
+  (:mod:`mmfame.engine.zero`), or mmengine's ``type='ZeroRedundancyOptimizer'`` under
+  ``FAMEOptimWrapperConstructor``, which builds it through mmfame's. :func:`check_zero_cfg` names
+  the fix for an ``optimizer_type`` that cannot resolve, at build time. Its checkpoints need
+  ``custom_hooks=[dict(type='mmfame.ZeroCheckpointHook')]``.
 * FSDP (``FlexibleRunner`` + ``FSDPStrategy``): the optimizer is built on the wrapped model. With
   ``use_orig_params=False`` it sees flat parameters that no ``paramwise_cfg`` rule can tell apart,
   and mmengine's gradient clipping by norm would take each rank's norm of its own shard:
   :func:`check_fsdp_model` refuses the first and :func:`fsdp_clip_func` clips by the global norm.
-  mmengine 0.10's ``FSDPStrategy.load_optim_state_dict`` passes its arguments in torch 2.0's order,
-  which torch >= 2.1 reads as ``(model, optim, optim_state_dict)``: every resume fails;
-  :mod:`mmfame.engine.patches` passes them by name.
+  Resuming needs ``strategy=dict(type='mmfame.FSDPStrategy')`` (:mod:`mmfame.runtime.strategies`).
 """
 import difflib
 from typing import Callable, Optional
@@ -22,7 +17,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-ZERO_TYPES = ('ZeroRedundancyOptimizer', 'mmengine.ZeroRedundancyOptimizer')
+MMENGINE_ZERO_TYPES = ('ZeroRedundancyOptimizer', 'mmengine.ZeroRedundancyOptimizer')
+MMFAME_ZERO_TYPE = 'mmfame.ZeroRedundancyOptimizer'
+ZERO_TYPES = (*MMENGINE_ZERO_TYPES, MMFAME_ZERO_TYPE)
 _USE_ORIG = "model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True)"
 
 
@@ -34,22 +31,22 @@ def zero_inner_type(optimizer_cfg: dict) -> Optional[str]:
 
 
 def check_zero_cfg(optimizer_cfg: dict, where: str = 'optim_wrapper.optimizer') -> None:
-    """Refuse a ZeRO config whose ``optimizer_type`` mmengine's wrapper cannot resolve."""
+    """Refuse a ZeRO config whose ``optimizer_type`` is neither FAME nor a torch.optim class."""
     if optimizer_cfg.get('type') not in ZERO_TYPES:
         return
     name = optimizer_cfg.get('optimizer_type')
-    if isinstance(name, str) and isinstance(getattr(torch.optim, name, None), type):
+    if name == 'FAME' or isinstance(name, str) and isinstance(getattr(torch.optim, name, None),
+                                                              type):
         return
-    names = [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-             and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)]
+    names = ['FAME'] + [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
+                        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)]
     lower = {n.lower(): n for n in names}
     hint = [lower[n] for n in difflib.get_close_matches(str(name).lower(), lower, n=1)]
     raise ValueError(
-        f'{where}: ZeroRedundancyOptimizer needs optimizer_type, the name of a torch.optim '
-        f'optimizer (mmengine looks it up in torch.optim), got {name!r}'
-        + (f': did you mean {hint[0]!r}?' if hint else '')
-        + " FAME is found there once mmfame is imported: custom_imports=dict(imports=['mmfame']),"
-        " optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', lr=...)")
+        f'{where}: ZeroRedundancyOptimizer needs optimizer_type, \'FAME\' or the name of a '
+        f'torch.optim optimizer, got {name!r}' + (f': did you mean {hint[0]!r}?' if hint else '')
+        + " (e.g. optimizer=dict(type='mmfame.ZeroRedundancyOptimizer', optimizer_type='FAME', "
+        'lr=...))')
 
 
 def _fsdp(model: nn.Module):

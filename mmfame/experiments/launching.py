@@ -6,12 +6,12 @@ submits each through ``REQUEUE=1 tools/slurm_train.sh`` and records the job id i
 ``job.json``: the job checkpoints on the stop signal, requeues itself and resumes at each start,
 so nothing on the login node waits for it (``status`` asks Slurm). ``local`` and ``dist`` runs
 are started here, ``max_jobs`` at a time, each under a lock whose lease the training process
-itself keeps (:mod:`mmfame.engine.lease`); a run preempted or stopped after making progress is
+itself keeps (:mod:`mmfame.runtime.lease`); a run preempted or stopped after making progress is
 relaunched up to ``retries`` times, one that failed without a new checkpoint is not.
 
 Every launch passes ``--resume``: the run continues from its newest whole checkpoint, or starts
 from scratch where there is none. The exit status and records of a preempted start are
-:mod:`mmfame.engine.protocol`'s.
+:mod:`mmfame.runtime.protocol`'s.
 """
 import glob
 import json
@@ -26,8 +26,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from mmfame.engine.lease import LEASE_ENV
-from mmfame.engine.protocol import PREEMPTED_EXIT, PREEMPTION_RECORD
+from mmfame.runtime.lease import LEASE_ENV
+from mmfame.runtime.protocol import PREEMPTED_EXIT, PREEMPTION_RECORD
 
 from . import logs
 from .configs import REPO
@@ -130,7 +130,7 @@ def claim(d: str, launcher: Launcher, run: Run, echo=print) -> Optional[dict]:
 
 
 def _lease(d: str) -> str:
-    """The value of :data:`~mmfame.engine.lease.LEASE_ENV` for the trainer of a claimed run."""
+    """The value of :data:`~mmfame.runtime.lease.LEASE_ENV` for the trainer of a claimed run."""
     with open(lock_path(d)) as f:
         return f'{json.load(f)["token"]}:{lock_path(d)}'
 

@@ -10,10 +10,9 @@ import os.path as osp
 import warnings
 from typing import Dict, List, Optional, Sequence
 
+from .metrics import logged_tasks
+
 STAMP_GLOB = '[0-9]' * 8 + '_' + '[0-9]' * 6
-# Primary metric first, per task: detection, segmentation, instance masks, classification.
-KNOWN_METRICS = (('coco/bbox_mAP', 'coco/bbox_mAP_50'), ('mIoU', 'mAcc'),
-                 ('coco/segm_mAP', 'coco/segm_mAP_50'), ('accuracy/top1', ))
 
 
 def stamp_dirs(work_dir: str, must_have: str = '') -> List[str]:
@@ -55,12 +54,10 @@ def all_scalars(work_dir: str) -> List[dict]:
 
 
 def detect_metrics(records: Sequence[dict]) -> List[str]:
-    """The metric keys of the first known task whose primary metric was logged."""
-    keys = set().union(*(r.keys() for r in records)) if records else set()
-    for group in KNOWN_METRICS:
-        if group[0] in keys:
-            return [k for k in group if k in keys]
-    return []
+    """The logged keys of the first task (:data:`.metrics.METRICS`) whose primary metric was
+    logged, primary first."""
+    tasks = logged_tasks(key for r in records for key in r)
+    return tasks[0] if tasks else []
 
 
 def is_training_record(record: dict) -> bool:
@@ -124,8 +121,8 @@ def last_logged_iter(work_dir: str) -> Optional[int]:
 
 def latest_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``--resume`` continues the run from: the whole one ``last_checkpoint``
-    names, else the newest whole one (:func:`mmfame.engine.resume.resumable_checkpoint`)."""
-    from mmfame.engine.resume import resumable_checkpoint
+    names, else the newest whole one (:func:`mmfame.runtime.resume.resumable_checkpoint`)."""
+    from mmfame.runtime.resume import resumable_checkpoint
     return resumable_checkpoint(work_dir)
 
 

@@ -5,11 +5,11 @@ A run's folder (:func:`mmfame.experiments.matrix.run_dir`) holds, beside the Run
 
 * ``job.json``: its last launch. A Slurm run's names the batch job it was submitted as
   (``slurm_job``): whether that job trains the run is Slurm's answer (``squeue``), and the job's
-  own record (:data:`mmfame.engine.protocol.JOB_RECORD`) tells how its last start ended once
+  own record (:data:`mmfame.runtime.protocol.JOB_RECORD`) tells how its last start ended once
   Slurm has forgotten it. A local or torchrun launch's names its host and pids and, once it
   ended, its exit status, whether it was preempted and whether it made progress;
 * ``lock.json``: held while a local or torchrun launch trains the run (host, pids, a token). Its
-  time is refreshed every :data:`mmfame.engine.lease.HEARTBEAT_S` by the training process itself,
+  time is refreshed every :data:`mmfame.runtime.lease.HEARTBEAT_S` by the training process itself,
   so a stalled launcher cannot let a second one in. A holder on this host is alive while one of
   its pids is; on another host, until :data:`STALE_AFTER_S` without a refresh;
 * ``done.json``: written once training exited 0; a run holding it is never launched again;
@@ -23,10 +23,11 @@ import subprocess
 import time
 from typing import Optional, Sequence
 
-from mmfame.engine.protocol import JOB_RECORD, read_record
+from mmfame.runtime.protocol import JOB_RECORD, read_record
 
 from . import logs
 from .matrix import Run, run_dir, write_json
+from .metrics import METRICS, logged_tasks
 
 __all__ = ['STALE_AFTER_S', 'STATES', 'describe', 'final_metrics', 'holder', 'lock_path',
            'read_lock', 'slurm_job_state', 'state']
@@ -186,8 +187,7 @@ def describe(work_dir: str, run: Run, metric_keys: Sequence[str] = ()) -> dict:
     d = run_dir(work_dir, run)
     records = logs.all_scalars(d)
     logged = set().union(*records) if records else set()
-    keys = list(metric_keys) or [k for group in logs.KNOWN_METRICS if group[0] in logged
-                                 for k in group if k in logged]
+    keys = list(metric_keys) or [k for task in logged_tasks(logged) for k in task]
     st = state(d)
     held = holder(d)
     done = _read_json(osp.join(d, 'done.json')) or {}
@@ -213,12 +213,11 @@ def _log_tail(d: str) -> str:
 
 
 def final_metrics(d: str) -> dict:
-    """The metrics of the last validation of every known task's keys."""
+    """The last logged value of every known metric (:data:`.metrics.METRICS`) the run logged."""
     records = logs.all_scalars(d)
     out = {}
-    for group in logs.KNOWN_METRICS:
-        for key in group:
-            values = [r[key] for r in records if key in r]
-            if values:
-                out[key] = values[-1]
+    for m in METRICS:
+        values = [r[m.key] for r in records if m.key in r]
+        if values:
+            out[m.key] = values[-1]
     return out

@@ -56,7 +56,7 @@ Runner(model=Toy(), work_dir=work, train_dataloader=dict(
        train_cfg=dict(by_epoch=False, max_iters=100000),
        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=20, by_epoch=False),
                           logger=dict(type='LoggerHook', interval=1000)),
-       custom_hooks=[dict(type='InFlight'), dict(type='PreemptionHook', grace=grace)]).train()
+       custom_hooks=[dict(type='InFlight'), dict(type='mmfame.PreemptionHook', grace=grace)]).train()
 '''
 
 

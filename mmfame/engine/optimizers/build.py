@@ -1,6 +1,7 @@
-"""What ``type='FAME'`` builds from a config: registered at ``import mmfame``, which imports
-nothing of mmengine's optimizer package for it."""
+"""What ``type='FAME'`` builds from a config: registered as ``mmfame.FAME`` and, where no other
+package holds the name, ``FAME`` in mmengine's root registry."""
 from mmfame.optim.fame import FAME, check_arguments
+from mmfame.registry import OPTIMIZERS, register_in_root
 
 
 def build_fame(params, **kwargs) -> FAME:
@@ -9,3 +10,7 @@ def build_fame(params, **kwargs) -> FAME:
     Python would say only "unexpected keyword argument"."""
     check_arguments(kwargs)
     return FAME(params, **kwargs)
+
+
+OPTIMIZERS.register_module(name='FAME', module=build_fame)
+register_in_root(OPTIMIZERS, 'FAME', build_fame)

@@ -12,8 +12,9 @@ On top of every ``paramwise_cfg`` key of :class:`DefaultOptimWrapperConstructor`
   validates them, and rejects FAME configs that cannot be right (SGD leftovers, decay mults
   without weight decay, unknown keys);
 * checks sharded setups (:mod:`mmfame.engine.sharding`): a ZeRO-1 ``optimizer_type`` that cannot
-  resolve, ``paramwise_cfg`` on an FSDP model with flattened parameters; under FSDP it clips
-  gradients by their norm over all ranks;
+  resolve, ``paramwise_cfg`` on an FSDP model with flattened parameters; builds mmengine's
+  ``ZeroRedundancyOptimizer`` over FAME through ``mmfame.ZeroRedundancyOptimizer``; under FSDP it
+  clips gradients by their norm over all ranks;
 * logs the resulting groups compactly.
 """
 import difflib
@@ -22,12 +23,14 @@ from typing import List
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIMIZERS
+from mmengine.registry import OPTIMIZERS
 
 from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters, is_finite_real
 
-from ..registry import register
-from ..sharding import check_fsdp_model, check_zero_cfg, fsdp_clip_func, zero_inner_type
+from mmfame.registry import OPTIM_WRAPPER_CONSTRUCTORS, register_in_root
+
+from ..sharding import (MMENGINE_ZERO_TYPES, MMFAME_ZERO_TYPE, check_fsdp_model, check_zero_cfg,
+                        fsdp_clip_func, zero_inner_type)
 from .build import build_fame
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
@@ -67,6 +70,9 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         _check_paramwise_cfg(self.paramwise_cfg)
         _check_optimizer_type(self.optimizer_cfg.get('type'))
         check_zero_cfg(self.optimizer_cfg)
+        if self.optimizer_cfg.get('type') in MMENGINE_ZERO_TYPES and zero_inner_type(
+                self.optimizer_cfg) == 'FAME':  # mmengine's looks in torch.optim only
+            self.optimizer_cfg['type'] = MMFAME_ZERO_TYPE
         if _is_fame(zero_inner_type(self.optimizer_cfg) or self.optimizer_cfg.get('type')):
             self._check_fame_cfg()
         decay_type = self.paramwise_cfg.get('decay_type', 'layer_wise')
@@ -225,7 +231,12 @@ def _check_paramwise_cfg(cfg) -> None:
 def _check_optimizer_type(name) -> None:
     """A type name that no registry in scope knows, with the nearest names (mmengine's own
     message is 'None is not a callable object')."""
-    if not isinstance(name, str) or OPTIMIZERS.get(name) is not None:
+    if not isinstance(name, str):
+        return
+    if not name.strip():
+        raise ValueError(f"optim_wrapper.optimizer.type is {name!r}: name an optimizer, e.g. "
+                         "type='FAME' (custom_imports=dict(imports=['mmfame']) registers it)")
+    if OPTIMIZERS.get(name) is not None:
         return
     lower = {k.lower(): k for k in sorted(set(OPTIMIZERS.module_dict) | {'FAME'})}
     near = [lower[k] for k in difflib.get_close_matches(name.lower(), lower, n=3)]
@@ -342,4 +353,6 @@ def _layer_id_fn(backbone: nn.Module, decay_type: str):
                      'supports ConvNeXt and Swin')
 
 
-register(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor', FAMEOptimWrapperConstructor)
+OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=FAMEOptimWrapperConstructor)
+register_in_root(OPTIM_WRAPPER_CONSTRUCTORS, 'FAMEOptimWrapperConstructor',
+                 FAMEOptimWrapperConstructor)

@@ -9,12 +9,13 @@ nothing else:
 2. ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device(local_rank)`` unconditionally for the
    pytorch, slurm and mpi launchers (a CPU torch raises there). Its private launcher functions
    ``_init_dist_{pytorch,slurm,mpi}`` are wrapped so that ``torch.cuda.set_device`` is a no-op
-   *while they run* (:func:`mmfame.engine.patches.init_dist_without_cuda_set_device`);
+   *while they run* (:func:`init_dist_without_cuda_set_device`: the one change mmfame makes to
+   mmengine, by ``tools/train.py``/``test.py`` without CUDA, said in their log);
    everything else they do (RANK/WORLD_SIZE/LOCAL_RANK, and for slurm MASTER_ADDR from
    ``scontrol show hostname $SLURM_NODELIST`` and MASTER_PORT) is upstream's.
 3. ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to ``MMDistributedDataParallel``, which
-   DDP refuses for a CPU module: ``model_wrapper_cfg`` is pointed at ``MMFameCPUDDP``, a builder
-   registered in mmengine's ``MODEL_WRAPPERS`` that returns a plain ``MMDistributedDataParallel``
+   DDP refuses for a CPU module: ``model_wrapper_cfg`` is pointed at ``mmfame.MMFameCPUDDP``, a
+   builder registered in mmfame's ``MODEL_WRAPPERS`` that returns a plain ``MMDistributedDataParallel``
    built without ``device_ids`` (same ``broadcast_buffers=False`` and ``find_unused_parameters``
    defaults as upstream; a config's own options are kept).
 4. SyncBN refuses CPU tensors: the builder reverts SyncBN layers (torch's and mmcv's) to BatchNorm,
@@ -32,26 +33,29 @@ of a CPU run (gloo otherwise aborts sporadically when one rank exits first).
 With CUDA available, or with ``launcher='none'``, every function here returns without changing
 anything: GPU runs behave exactly as upstream's tools.
 """
-from typing import Optional
+import functools
+from typing import Any, Optional
 
 import torch
+from mmengine.logging import print_log
 
 from mmfame.optim._compat import TORCH_VERSION
-
-from . import patches
+from mmfame.registry import MODEL_WRAPPERS
 
 __all__ = [
     'cuda_available', 'setup_cpu_distributed', 'patch_init_dist_for_cpu',
     'finalize_distributed', 'MMFameCPUDDP', 'MMFameCPUFSDP', 'CPU_DDP_TYPE', 'CPU_FSDP_TYPE'
 ]
 
-CPU_DDP_TYPE = 'MMFameCPUDDP'
-CPU_FSDP_TYPE = 'MMFameCPUFSDP'
+CPU_DDP_TYPE = 'mmfame.MMFameCPUDDP'
+CPU_FSDP_TYPE = 'mmfame.MMFameCPUFSDP'
 _DDP_TYPES = ('MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
 _FSDP_TYPES = ('MMFullyShardedDataParallel', 'mmengine.MMFullyShardedDataParallel')
 # FlexibleRunner strategies: their default wrapper, and the CPU builder that replaces it.
 _STRATEGY_WRAPPERS = {'DDPStrategy': ('MMDistributedDataParallel', _DDP_TYPES, CPU_DDP_TYPE),
-                      'FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES, CPU_FSDP_TYPE)}
+                      'FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES, CPU_FSDP_TYPE),
+                      'mmfame.FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES,
+                                              CPU_FSDP_TYPE)}
 
 
 def cuda_available() -> bool:
@@ -59,6 +63,7 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@MODEL_WRAPPERS.register_module()
 class MMFameCPUDDP:
     """Builds ``MMDistributedDataParallel(module, device_ids=None, ...)`` for a CPU module.
 
@@ -75,6 +80,7 @@ class MMFameCPUDDP:
         return MMDistributedDataParallel(module=module, device_ids=None, **kwargs)
 
 
+@MODEL_WRAPPERS.register_module()
 class MMFameCPUFSDP:
     """Builds ``MMFullyShardedDataParallel(module, device_id=torch.device('cpu'), ...)``.
 
@@ -88,20 +94,48 @@ class MMFameCPUFSDP:
                                           device_id=torch.device('cpu'), **kwargs)
 
 
-def _register_wrappers() -> None:
-    from mmengine.registry import MODEL_WRAPPERS
-    for name, builder in ((CPU_DDP_TYPE, MMFameCPUDDP), (CPU_FSDP_TYPE, MMFameCPUFSDP)):
-        if MODEL_WRAPPERS.get(name) is None:
-            MODEL_WRAPPERS.register_module(name=name, module=builder)
+_MARK = '_mmfame_without_set_device'
+
+
+def _without_cuda_set_device(fn):
+    """``fn`` with ``torch.cuda.set_device`` a no-op while it runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        original = torch.cuda.set_device
+        torch.cuda.set_device = _noop_set_device
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.cuda.set_device = original
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def _noop_set_device(device: Any) -> None:
+    return None
+
+
+def init_dist_without_cuda_set_device() -> None:
+    """Wrap mmengine's launcher functions so that ``torch.cuda.set_device`` does nothing while
+    they run (idempotent): item 2 above."""
+    from mmengine.dist import utils as dist_utils
+    names = [n for n in ('_init_dist_pytorch', '_init_dist_slurm', '_init_dist_mpi')
+             if hasattr(dist_utils, n) and not getattr(getattr(dist_utils, n), _MARK, False)]
+    for name in names:
+        setattr(dist_utils, name, _without_cuda_set_device(getattr(dist_utils, name)))
+    if names:
+        print_log('No CUDA: mmengine.dist.init_dist runs with torch.cuda.set_device a no-op '
+                  '(mmfame.runtime.dist).', logger='current')
 
 
 def patch_init_dist_for_cpu() -> bool:
-    """Make ``mmengine.dist.init_dist`` work without CUDA (item 2 above; the change is listed in
-    :mod:`mmfame.engine.patches`). Only acts when CUDA is unavailable; idempotent. Returns
-    whether the patch is in place."""
+    """Make ``mmengine.dist.init_dist`` work without CUDA (item 2 above). Only acts when CUDA is
+    unavailable; idempotent. Returns whether the change is in place."""
     if cuda_available():
         return False
-    patches.init_dist_without_cuda_set_device()
+    init_dist_without_cuda_set_device()
     return True
 
 
@@ -127,7 +161,6 @@ def setup_cpu_distributed(cfg) -> bool:
     if dist_cfg.get('backend', 'nccl') == 'nccl':  # mmengine's default is nccl
         dist_cfg['backend'] = 'gloo'
 
-    _register_wrappers()
     strategy = cfg.get('strategy')
     if cfg.get('runner_type') is not None and strategy is not None:
         _adapt_strategy(strategy)
@@ -150,11 +183,11 @@ def _adapt_strategy(strategy) -> None:
     name = strategy.get('type')
     if name not in _STRATEGY_WRAPPERS:
         return
-    if name == 'FSDPStrategy' and TORCH_VERSION < (2, 2):
+    if 'FSDPStrategy' in name and TORCH_VERSION < (2, 2):
         raise RuntimeError(
             f"FSDPStrategy without CUDA needs a newer torch than {torch.__version__}: its FSDP "
             "creates CUDA streams (tested on CPU: torch 2.13). Use DDP or ZeRO-1 there: "
-            "optimizer=dict(type='ZeroRedundancyOptimizer', optimizer_type='FAME', ...)")
+            "optimizer=dict(type='mmfame.ZeroRedundancyOptimizer', optimizer_type='FAME', ...)")
     default, types, cpu_type = _STRATEGY_WRAPPERS[name]
     if strategy.get('model_wrapper') is None:
         strategy['model_wrapper'] = dict(type=default)
@@ -163,7 +196,7 @@ def _adapt_strategy(strategy) -> None:
     wrapper = strategy['model_wrapper']
     if wrapper.get('type', default) in types:
         wrapper['type'] = cpu_type
-    if name == 'FSDPStrategy' and strategy.get('state_dict_cfg') == 'full':
+    if 'FSDPStrategy' in name and strategy.get('state_dict_cfg') == 'full':
         strategy['state_dict_cfg'] = dict(
             state_dict_type='FULL_STATE_DICT',
             state_dict_config=dict(type='FullStateDictConfig', rank0_only=True,

@@ -21,6 +21,7 @@ Anything else raises :class:`pickle.UnpicklingError`; all other globals stay ref
 (``numpy.core.multiarray``) and 2.x (``numpy._core.multiarray``) pickles load under either numpy.
 """
 import contextlib
+import functools
 import math
 import pickle
 import reprlib
@@ -29,11 +30,14 @@ from typing import Any, List, Tuple
 
 import numpy as np
 import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from ..optim._compat import TORCH_VERSION
+from mmfame.optim._compat import TORCH_VERSION
+from mmfame.registry import HOOKS
 
-__all__ = ['checkpoint_allowlist', 'checkpoint_safe_globals', 'register_checkpoint_safe_globals',
+__all__ = ['WeightsOnlyLoadHook', 'checkpoint_allowlist', 'checkpoint_safe_globals',
            'history_buffer_getattr']
 
 # The dtypes numpy data in a Runner checkpoint has: MessageHub turns logged values into Python
@@ -192,7 +196,8 @@ def checkpoint_safe_globals() -> List[Tuple[Any, str]]:
 @contextlib.contextmanager
 def checkpoint_allowlist():
     """:func:`checkpoint_safe_globals` allowlisted for ``torch.load(weights_only=True)`` inside
-    the block only (mmfame wraps mmengine's checkpoint loading in it); nothing on torch < 2.6."""
+    the block only (:class:`WeightsOnlyLoadHook` wraps a runner's checkpoint loading in it);
+    nothing on torch < 2.6."""
     if TORCH_VERSION < (2, 6):
         yield
         return
@@ -200,14 +205,38 @@ def checkpoint_allowlist():
         yield
 
 
-def register_checkpoint_safe_globals() -> bool:
-    """Allowlist :func:`checkpoint_safe_globals` for every ``torch.load(weights_only=True)`` of
-    this process (``import mmfame`` does not: it allowlists them inside mmengine's checkpoint
-    loading only, :mod:`mmfame.engine.patches`). Idempotent. Returns False, doing nothing, on
-    torch < 2.6, which takes no ``(obj, name)`` pairs and does not default to
-    ``weights_only=True``.
+_WRAPPED = '_mmfame_allowlist'
+
+
+def _allowlisted(method):
+    @functools.wraps(method)
+    def load(*args, **kwargs):
+        with checkpoint_allowlist():
+            return method(*args, **kwargs)
+
+    setattr(load, _WRAPPED, True)
+    return load
+
+
+@HOOKS.register_module()
+class WeightsOnlyLoadHook(Hook):
+    """Makes this runner's checkpoint loading (``--resume``, ``load_from``, ``test.py``'s
+    checkpoint) work under torch >= 2.6, whose ``torch.load`` refuses what a Runner checkpoint
+    holds besides tensors: its ``resume`` and ``load_checkpoint`` run inside
+    :func:`checkpoint_allowlist`. No other ``torch.load`` of the process is affected; nothing is
+    done on torch < 2.6.
+
+    ``before_run`` comes before the Runner loads or resumes, in ``train()``, ``val()`` and
+    ``test()``. ``custom_hooks=[dict(type='mmfame.WeightsOnlyLoadHook')]``.
     """
-    if TORCH_VERSION < (2, 6):
-        return False
-    torch.serialization.add_safe_globals(checkpoint_safe_globals())
-    return True
+
+    priority = 'VERY_HIGH'
+
+    def before_run(self, runner) -> None:
+        if TORCH_VERSION < (2, 6) or getattr(runner.resume, _WRAPPED, False):
+            return
+        runner.resume = _allowlisted(runner.resume)
+        runner.load_checkpoint = _allowlisted(runner.load_checkpoint)
+        print_log('WeightsOnlyLoadHook: this runner loads checkpoints with torch.load('
+                  "weights_only=True) and mmfame's allowlist of what a Runner checkpoint holds.",
+                  logger='current')

@@ -2,14 +2,18 @@
 
 Slurm ends a preempted or timed-out job with SIGTERM (then SIGKILL after ``KillWait``) and, where
 asked (``--signal=USR1@90``), warns it with SIGUSR1; torchrun passes a SIGTERM it gets on to
-every rank. :class:`PreemptionHook` (added to every run by ``tools/train.py``) turns either
-signal into: finish the current iteration (or stop the validation in progress), agree on it
-across ranks (the rank that got no signal stops at the same iteration), save a resumable
-checkpoint with every rank taking part (ZeRO and FSDP gather their shards), name it in
-``last_checkpoint``, and exit with :data:`PREEMPTED_EXIT` (``EX_TEMPFAIL``: "try again"), beside
-a ``preempted.json`` record that launchers which report their own status (torchrun, srun) cannot
-lose. Copies of the signal (Slurm signals every process, a launcher forwards its own) are one
-preemption; a repeat after the grace period stops at once, as does SIGINT.
+every rank. :class:`PreemptionHook` (``custom_hooks=[dict(type='mmfame.PreemptionHook')]``;
+``tools/train.py`` adds it to configs without it) turns either signal into: finish the current
+iteration (or stop the validation in progress), agree on it across ranks (the rank that got no
+signal stops at the same iteration), save a resumable checkpoint with every rank taking part
+(ZeRO and FSDP gather their shards), name it in ``last_checkpoint``, write a ``preempted.json``
+record that launchers which report their own status (torchrun, srun) cannot lose, run every
+hook's ``after_train`` and ``after_run`` as a finished run would, and end ``runner.train()``
+with :class:`Preempted`: a ``SystemExit`` whose status is :data:`PREEMPTED_EXIT`
+(``EX_TEMPFAIL``: "try again"), under any tool, which a notebook or a sweep can catch. Copies of
+the signal (Slurm signals every process, a launcher forwards its own) are one preemption; a
+repeat after the grace period stops at once, as does SIGINT. Handlers installed before the
+hook's are called too (as PyTorch Lightning's signal connector does).
 
 A checkpoint saved during a validation resumes by running that validation first. One saved
 inside an epoch resumes inside it, by the position it records (``epoch_position.py``): the
@@ -30,25 +34,36 @@ import torch
 from mmengine.dist import all_reduce, barrier, get_dist_info, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
-from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 from torch.utils.data import DataLoader
+
+from mmfame.registry import HOOKS
 
 from .epoch_position import describe_layout, resumed_loader
 from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
 from .protocol import PREEMPTED_EXIT, PREEMPTION_RECORD
-from .registry import register
 
-__all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'PreemptionHook']
+__all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'Preempted', 'PreemptionHook']
 
 SIGNALS = ('SIGTERM', 'SIGUSR1')
 POSITION = 'epoch_position'  # checkpoint meta: where inside its epoch (epoch_position.py)
 VALIDATE_FIRST = 'validate_first'  # checkpoint meta: stopped during the validation after it
 
 
+class Preempted(SystemExit):
+    """How ``runner.train()`` ends on a preemption, once the checkpoint is saved and every hook's
+    ``after_train``/``after_run`` has run: uncaught, the process exits with
+    :data:`PREEMPTED_EXIT`. ``checkpoint`` is the file to resume from."""
+
+    def __init__(self, checkpoint: str):
+        super().__init__(PREEMPTED_EXIT)
+        self.checkpoint = checkpoint
+
+
+@HOOKS.register_module()
 class PreemptionHook(Hook):
-    """Save and exit with :data:`PREEMPTED_EXIT` at the end of the iteration during which the
-    job got SIGTERM or SIGUSR1 (on any rank), or at once during validation; resume an
+    """Save at the end of the iteration during which the job got SIGTERM or SIGUSR1 (on any
+    rank), or at once during validation, and end training with :class:`Preempted`; resume an
     epoch-based run inside its epoch, with the stopped run's layout or another one.
 
     Runs after every other hook (lowest priority): a checkpoint the CheckpointHook wrote for
@@ -71,6 +86,7 @@ class PreemptionHook(Hook):
         self.received = None  # the name of the first signal received
         self.repeats = 0  # later copies taken as the same preemption
         self._first = self._saving = None
+        self._stopped = False
         self._previous = {}
         self._full_loader = None
         self._segment = None  # the position this epoch's batches are counted from
@@ -91,7 +107,12 @@ class PreemptionHook(Hook):
             self.repeats += 1  # the same preemption (no logging here: it may hold a lock)
         else:  # asked again, well after the first, and the save has not begun: stop now
             self._restore()
-            os.kill(os.getpid(), signum)
+            os.kill(os.getpid(), signum)  # to the handler that was there before ours
+            return
+        previous = self._previous.get(signum)
+        if callable(previous) and not isinstance(getattr(previous, '__self__', None),
+                                                 PreemptionHook):
+            previous(signum, frame)  # another library's handler, installed before ours
 
     def _restore(self):
         for signum, handler in self._previous.items():
@@ -99,7 +120,7 @@ class PreemptionHook(Hook):
         self._previous = {}
 
     def before_train(self, runner) -> None:
-        self.received, self.repeats, self._saving = None, 0, None
+        self.received, self.repeats, self._saving, self._stopped = None, 0, None, False
         if threading.current_thread() is not threading.main_thread():
             print_log('PreemptionHook: training runs outside the main thread, where signals '
                       'cannot be handled: a stop signal will not save a checkpoint.',
@@ -113,7 +134,8 @@ class PreemptionHook(Hook):
             runner.val_loop.run()
 
     def after_train(self, runner) -> None:
-        self._restore()
+        if not self._stopped:  # a preemption leaves the signals ignored until the exit
+            self._restore()
 
     # ------------------------------------------------------------------ where the epoch is
     def after_load_checkpoint(self, runner, checkpoint) -> None:
@@ -186,7 +208,8 @@ class PreemptionHook(Hook):
 
     def _stop(self, runner, step, during):
         """Save the state after ``step`` iterations (before the validation stopped, for
-        ``during='val'``), record it, and exit with :data:`PREEMPTED_EXIT`."""
+        ``during='val'``), record it, end the run as a finished one ends, and raise
+        :class:`Preempted`."""
         self._saving = during
         ckpt_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
         out_dir = getattr(ckpt_hook, 'out_dir', None) or runner.work_dir
@@ -215,7 +238,10 @@ class PreemptionHook(Hook):
                   '--resume.', logger='current', level=logging.WARNING)
         for signum in self._previous:  # saved: later copies must not kill the exit (Python
             signal.signal(signum, signal.SIG_IGN)  # restores the default handler at shutdown)
-        raise SystemExit(PREEMPTED_EXIT)
+        self._stopped = True
+        runner.call_hook('after_train')  # what the loop and the Runner call at a normal end
+        runner.call_hook('after_run')
+        raise Preempted(path)
 
     def _agreed(self) -> bool:
         """Whether any rank got the signal (every rank calls this on the same iterations)."""
@@ -234,5 +260,3 @@ def _config_path(runner):
 def _write(path: str, text: str) -> None:
     AtomicLocalBackend().put(text.encode(), path)
 
-
-register(HOOKS, 'PreemptionHook', PreemptionHook)

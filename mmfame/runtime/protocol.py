@@ -10,7 +10,7 @@ the shell launchers and the experiment engine read.
   tools/slurm_train.sh`` at the end of each start (job id, exit status, whether it requeued
   itself), which the engine reads once Slurm has forgotten the job.
 
-``python mmfame/engine/protocol.py resume WORK_DIR CONFIG`` (what ``tools/slurm_train.sh`` asks
+``python mmfame/runtime/protocol.py resume WORK_DIR CONFIG`` (what ``tools/slurm_train.sh`` asks
 before each start; the file alone, run by its path, imports only the standard library) prints
 why a start of CONFIG in WORK_DIR must resume and exits 0, or exits 1.
 """
@@ -53,7 +53,7 @@ def resume_reason(work_dir: str, config: str, restarts: int = 0) -> Optional[str
 
 def main(argv) -> int:
     if len(argv) != 3 or argv[0] != 'resume':
-        print('usage: python mmfame/engine/protocol.py resume WORK_DIR CONFIG', file=sys.stderr)
+        print('usage: python mmfame/runtime/protocol.py resume WORK_DIR CONFIG', file=sys.stderr)
         return 2
     reason = resume_reason(argv[1], argv[2], int(os.environ.get('SLURM_RESTART_COUNT') or 0))
     if reason:

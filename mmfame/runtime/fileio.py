@@ -14,7 +14,7 @@ import os.path as osp
 import tempfile
 from typing import Optional
 
-from mmengine.fileio.backends import LocalBackend
+from mmengine.fileio.backends import LocalBackend, backends, register_backend
 
 __all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'check_work_dir', 'remove_parts',
            'use_atomic_checkpoints']
@@ -40,6 +40,11 @@ class AtomicLocalBackend(LocalBackend):
         finally:
             if osp.exists(part):
                 os.remove(part)
+
+
+existing = backends.get(ATOMIC_BACKEND)
+if existing is None or existing.__qualname__ == AtomicLocalBackend.__qualname__:
+    register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)  # (again, if reimported)
 
 
 def remove_parts(folder: str, name: Optional[str] = None) -> list:
