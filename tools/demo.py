@@ -22,15 +22,14 @@ import sys
 import time
 import warnings
 
-from mmfame.experiments import logs, report, runs
+from mmfame.experiments import logs, metrics, report, runs
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
-TASKS = {  # task -> (FAME config, primary metric, its name)
-    'det': ('configs/demo/retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py', 'coco/bbox_mAP',
-            'bbox mAP'),
-    'seg': ('configs/demo/segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py', 'mIoU',
-            'mIoU (%)'),
+TASKS = {  # --only choice -> (FAME config, its task in mmfame.experiments.metrics.METRICS)
+    'det': ('configs/demo/retinanet_r18_fpn_fame_1xb8-300i_demo-coco.py', 'Object Detection'),
+    'seg': ('configs/demo/segformer_mit-b0_fame_1xb8-300i_demo-ade20k-128x128.py',
+            'Semantic Segmentation'),
 }
 SETTINGS = {'fame': 'FAME', 'adamw': 'AdamW'}
 DEFAULT_DATA = osp.join(REPO, 'data', 'demo')
@@ -73,20 +72,20 @@ def choose_threads(requested):
 
 def record(work_dir, run, task):
     """A finished run as the reports read it (:func:`runs.describe`), with its test's metrics
-    (tested once) as its metrics."""
-    d, key = runs.run_dir(work_dir, run), TASKS[task][1]
+    of the task's keys (tested once) as its metrics."""
+    d, keys = runs.run_dir(work_dir, run), metrics.task_keys(TASKS[task][1])
+    key, info = keys[0], metrics.metric_info(keys[0])
     try:
         tested = logs.test_metrics(osp.join(d, 'test'))
     except FileNotFoundError:
         tested = runs.evaluate(work_dir, run)
     r = runs.describe(work_dir, run)
-    group = next(g for g in logs.KNOWN_METRICS if g[0] == key)
-    r.update(metrics={k: float(tested.get(k, 0.0)) for k in group if k in tested or k == key},
+    r.update(metrics={k: float(tested.get(k, 0.0)) for k in keys if k in tested or k == key},
              test_metrics=tested)
     losses = r['curve']['loss']
     loss = f'{losses[0][1]:.3f} -> {losses[-1][1]:.3f}' if losses else 'not logged'
     note = '' if key in tested else f'; no {key} in the test results: counted as 0'
-    print(f'[demo] {task}/{SETTINGS[run.setting]}: {TASKS[task][2]} = {r["metrics"][key]:.4g} '
+    print(f'[demo] {task}/{SETTINGS[run.setting]}: {info.label} = {info.format(r["metrics"][key])} '
           f'(train {r["seconds"]:.0f} s, loss {loss}{note})', flush=True)
     return r
 

@@ -17,12 +17,9 @@ import re
 from collections import Counter
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from .metrics import PRIMARY, metric_info
 from .runs import STATES
 
-PRIMARY = ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU')  # what the README and the metafiles show
-LABELS = {'coco/bbox_mAP': 'box AP', 'coco/segm_mAP': 'mask AP'}
-TASKS = {'coco/bbox_mAP': 'Object Detection', 'coco/segm_mAP': 'Instance Segmentation',
-         'mIoU': 'Semantic Segmentation'}
 # configs/<folder>/ -> its metafile collection and the data its configs train on
 FOLDERS = {
     'coco': dict(collection='FAME COCO', data='COCO'),
@@ -205,24 +202,16 @@ def comparison_markdown(rows: Sequence[dict], metrics: Sequence[str], title: str
 
 # ------------------------------------------------------------ reproduce: a matrix of runs
 def metric_label(key: str) -> str:
-    """'coco/bbox_mAP' -> 'box AP', 'coco/segm_mAP_50' -> 'mask AP_50', 'mIoU' -> 'mIoU'."""
-    for prefix, label in LABELS.items():
-        if key.startswith(prefix):
-            return label + key[len(prefix):]
-    return key
-
-
-def _scale(key: str):
-    """(factor, decimals) of a metric as OpenMMLab tables print it: COCO fractions as percent
-    with one decimal, mmseg's percentages with two."""
-    return (100.0, 1) if key.startswith('coco/') else (1.0, 2)
+    """'coco/bbox_mAP' -> 'box AP', 'coco/segm_mAP_75' -> 'mask AP_75', 'mIoU' -> 'mIoU'
+    (:func:`.metrics.metric_info`)."""
+    return metric_info(key).label
 
 
 def _stat_text(key: str, stat: dict, signed: bool = False) -> str:
-    factor, digits = _scale(key)
-    sign = '+' if signed else ''
-    text = f'{stat["mean"] * factor:{sign}.{digits}f}'
-    return text if stat['std'] is None else f'{text} ± {stat["std"] * factor:.{digits}f}'
+    """mean ± std of a metric as its row (:func:`.metrics.metric_info`) prints it."""
+    info = metric_info(key)
+    text = info.format(stat['mean'], signed)
+    return text if stat['std'] is None else f'{text} ± {info.format(stat["std"])}'
 
 
 def _others(row: dict) -> str:
@@ -341,9 +330,9 @@ def _model_entry(repo_root: str, folder: str, path: str, fame_row: Optional[dict
     for key in PRIMARY:
         stat = (fame_row or {}).get('metrics', {}).get(key)
         if stat and stat['n']:
-            factor, digits = _scale(key)
-            results.append({'Task': TASKS[key], 'Dataset': data,
-                            'Metrics': {metric_label(key): round(stat['mean'] * factor, digits)}})
+            info = metric_info(key)
+            results.append({'Task': info.task, 'Dataset': data,
+                            'Metrics': {info.label: round(stat['mean'] * info.scale, info.digits)}})
     if results:
         entry['Results'] = results
     return entry
@@ -423,7 +412,7 @@ def plot(rows: Sequence[dict], out_png: str, curve: str = 'metric', spread: bool
     or ``'metric'``, the primary validation metric per step; one line per setting, the mean over
     the seeds that logged it with a ± std band for two or more. ``spread`` adds per config a
     panel of the final primary metric: each finished seed a dot, mean ± std a bar. The primary
-    metric is ``metric``, else the config's first of :data:`PRIMARY` logged."""
+    metric is ``metric``, else the config's first of :data:`.metrics.PRIMARY` logged."""
     import numpy as np
     plt = _pyplot()
 
@@ -447,7 +436,7 @@ def plot(rows: Sequence[dict], out_png: str, curve: str = 'metric', spread: bool
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     settings = list(dict.fromkeys(row['setting'] for row in rows))
     for ax, (config, group, key, primary, dots) in zip(axes.flat, panels):
-        factor = 1.0 if key == 'loss' else _scale(key)[0]
+        factor = 1.0 if key == 'loss' else metric_info(key).scale
         stem = osp.splitext(osp.basename(config))[0]
         if dots:
             for k, row in enumerate(group):
