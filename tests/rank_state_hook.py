@@ -6,6 +6,8 @@ wrapper, and under Slurm its node and the MASTER_ADDR it joined.
 ``PauseAtHook``: every rank waits after iteration ``MMFAME_PAUSE_AT`` (or, with
 ``MMFAME_PAUSE_IN_VAL=1``, after the first iteration of the first validation) until it got a stop
 signal or ``<work_dir>/go`` exists, so that a test signals a run at a known point.
+``EndsHook``: every rank appends ``after_train`` and ``after_run`` to ``<work_dir>/ends_rank<R>``
+when they are called (a preempted run calls them too).
 ``SampleLogHook``: every rank appends the epoch and the images of each batch it trains to
 ``<work_dir>/samples_rank<R>.jsonl``.
 """
@@ -72,3 +74,17 @@ class SampleLogHook(Hook):
         path = os.path.join(runner.work_dir, f'samples_rank{get_rank()}.jsonl')
         with open(path, 'a') as f:
             f.write(json.dumps(dict(epoch=runner.epoch, images=images)) + '\n')
+
+
+@HOOKS.register_module(force=True)
+class EndsHook(Hook):
+
+    def after_train(self, runner):
+        self._record(runner, 'after_train')
+
+    def after_run(self, runner):
+        self._record(runner, 'after_run')
+
+    def _record(self, runner, name):
+        with open(os.path.join(runner.work_dir, f'ends_rank{get_rank()}'), 'a') as f:
+            f.write(name + '\n')

@@ -11,7 +11,8 @@ those marked ``smoke`` run on every tested stack.
   FAME optimizer state after resuming at N (from a copy of that run's checkpoint) equal those of
   the uninterrupted 2N run;
 * the same with upstream mmdet's and mmseg's own packaged train.py/test.py (what ``mim train``
-  runs), which find FAME and the checkpoint allowlist through the config's ``custom_imports``;
+  runs), which find FAME through the config's ``custom_imports`` and mmfame's hooks through its
+  ``custom_hooks`` (under ``mim train`` a SIGTERM saves and stops with 75 as under ours);
 * ``tools/dist_train.sh CONFIG 2`` (torchrun, gloo; conftest.py's ddp_run, which the sharding
   tests compare against too) trains 2 processes to the same weights, and
   ``tools/slurm_train.sh`` on a real two-node Slurm (slurmctld, a slurmd per node on its own
@@ -346,12 +347,14 @@ def test_kill_during_a_checkpoint_write_leaves_one_to_resume(det_run, demo_data,
 
 # ------------------------------------------------------------------------------ preemption
 def paused_config(path, text=''):
-    """The detection demo config with tests/rank_state_hook.py's PauseAtHook."""
+    """The detection demo config, its own hooks (mmfame's PreemptionHook among them) and
+    tests/rank_state_hook.py's PauseAtHook and EndsHook."""
     with open(path, 'w') as f:
         f.write(f'_base_ = {DET_CFG!r}\n'
                 "custom_imports = dict(imports=['mmfame', 'rank_state_hook'], "
                 'allow_failed_imports=False)\n'
-                "custom_hooks = [dict(type='PauseAtHook')]\n" + textwrap.dedent(text))
+                "custom_hooks = _base_.custom_hooks + [dict(type='PauseAtHook'), "
+                "dict(type='EndsHook')]\n" + textwrap.dedent(text))
     return str(path)
 
 
@@ -378,10 +381,14 @@ def signalled_run(cmd, env, work, ranks, send):
     return proc.returncode, open(log).read()
 
 
-def assert_preempted_at(work, iteration, out):
+def assert_preempted_at(work, iteration, out, ranks=1):
     """What the stop left: the checkpoint of the iteration in flight, named in last_checkpoint,
-    no partial file, the record the engine reads."""
+    no partial file, the record the engine reads; every hook's after_train and after_run ran, as
+    at the end of a run (EndsHook)."""
     assert 'exiting with 75' in out, out[-3000:]
+    for rank in range(ranks):
+        with open(osp.join(work, f'ends_rank{rank}')) as f:
+            assert f.read().split() == ['after_train', 'after_run'], rank
     path = osp.join(work, f'iter_{iteration}.pth')
     assert open(osp.join(work, 'last_checkpoint')).read() == path
     assert _load(path)['meta']['iter'] == iteration
@@ -480,7 +487,7 @@ def test_a_resume_with_other_ranks_and_batch_trains_each_sample_once(demo_data, 
     rank x batch 3: that epoch trains each of its 8 images once, the first epoch is untouched,
     and the log says what the resume did."""
     cfg = rank_config(tmp_path / 'layout.py', EPOCH_BASED + "custom_hooks = [dict(type="
-                      "'PauseAtHook'), dict(type='SampleLogHook')]\n")
+                      "'PauseAtHook'), dict(type='SampleLogHook'), dict(type='EndsHook')]\n")
     options = [o for o in cfg_options(cfg, demo_data, max_iters=0, ckpt_interval=N, size=64)
                if not o.startswith(('train_cfg.', 'default_hooks.chec'))]
     work = str(tmp_path / 'layout')
@@ -489,7 +496,7 @@ def test_a_resume_with_other_ranks_and_batch_trains_each_sample_once(demo_data, 
         rank_env(PORT=free_port(), MMFAME_PAUSE_AT=3), work, 2,
         lambda pids: os.kill(pids[0], signal.SIGTERM))
     assert rc != 0, out[-3000:]
-    assert_preempted_at(work, 3, out)
+    assert_preempted_at(work, 3, out, ranks=2)
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options
                    + ['train_dataloader.batch_size=3'], env=rank_env())
     assert 'Resuming epoch 2 with another layout: the stopped run trained 4 of its 8 samples ' \
@@ -519,7 +526,7 @@ def test_two_ranks_agree_on_the_iteration_they_stop_at(case, ddp_run, demo_data,
     mid-interval: both ranks stop after the same iteration, one checkpoint is saved, and the
     same launcher's --resume ends with the weights of the uninterrupted 2-rank run (ddp_run)."""
     cfg = rank_config(tmp_path / 'paused.py', "custom_hooks = [dict(type='RankStateHook'), "
-                      "dict(type='PauseAtHook')]\n")
+                      "dict(type='PauseAtHook'), dict(type='EndsHook')]\n")
     options = cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64)
     work = str(tmp_path / 'preempted')
     if TWO_RANK_PREEMPTIONS[case] == 'dist_train.sh':
@@ -546,7 +553,7 @@ def test_two_ranks_agree_on_the_iteration_they_stop_at(case, ddp_run, demo_data,
     cmd, env = launch(MMFAME_PAUSE_AT=N - 1)
     rc, out = signalled_run(cmd, env, work, 2, send)
     assert rc != 0, out[-3000:]
-    assert_preempted_at(work, N - 1, out)
+    assert_preempted_at(work, N - 1, out, ranks=2)
     cmd, env = launch('--resume')
     out = run_tool(cmd, env=env)
     assert f'resumed epoch: 0, iter: {N - 1}' in out
@@ -655,28 +662,33 @@ MIM = osp.join(osp.dirname(PY), 'mim')
 
 
 @pytest.mark.slow
-def test_upstream_mmdet_tools_and_mim_resume_bit_identically_and_test(det_run, demo_data,
-                                                                      tmp_path):
-    """`mim train mmdet --resume` (mmdet's packaged train.py; custom_imports=['mmfame'] in the
-    config) from N to 2N equals our uninterrupted 2N run; mmdet's test.py and `mim test mmdet`
-    load the resumed checkpoint."""
+def test_upstream_mim_train_checkpoints_on_sigterm_and_resumes_bit_identically(det_run, demo_data,
+                                                                               tmp_path):
+    """`mim train mmdet` (mmdet's packaged train.py, which adds no hook) of the shipped demo
+    config: SIGTERM during iteration N - 1 saves that iteration and stops with 75 through the
+    config's own mmfame.PreemptionHook, after every hook's after_train/after_run; `mim train
+    --resume` (mmfame.WeightsOnlyLoadHook: torch >= 2.6 loads it) to 2N equals our
+    uninterrupted 2N run; mmdet's test.py and `mim test mmdet` load the resumed checkpoint."""
     if not osp.isfile(MIM):
         pytest.skip('openmim is not installed (tools/setup_env.sh installs it)')
-    cfg = det_run['cfg']
-    work = stopped_at(det_run, N, tmp_path / 'upstream')
-    test = upstream_tool('mmdet', 'test')
-
-    def options(iters):
-        return cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64)
-
-    out = run_tool([MIM, 'train', 'mmdet', cfg, '--gpus', '0', '--work-dir', work, '--resume']
-                   + options(2 * N))
-    assert f'resumed epoch: 0, iter: {N}' in out
+    cfg = paused_config(tmp_path / 'paused.py')
+    options = cfg_options(cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64)
+    work = str(tmp_path / 'upstream')
+    train = [MIM, 'train', 'mmdet', cfg, '--gpus', '0', '--work-dir', work]
+    rc, out = signalled_run(train + options, rank_env(MMFAME_PAUSE_AT=N - 1), work, 1,
+                            lambda pids: os.kill(pids[0], signal.SIGTERM))
+    assert rc != 0 and 'returned non-zero exit status 75' in out, out[-3000:]  # mim's words
+    assert_preempted_at(work, N - 1, out)
+    out = run_tool(train + ['--resume'] + options, env=rank_env())
+    assert f'resumed epoch: 0, iter: {N - 1}' in out
     resumed = osp.join(work, f'iter_{2 * N}.pth')
     assert_same_checkpoint(osp.join(det_run['work_dir'], f'iter_{2 * N}.pth'), resumed)
+    test = upstream_tool('mmdet', 'test')
     for cmd in ([PY, test, cfg, resumed],
                 [MIM, 'test', 'mmdet', cfg, '--checkpoint', resumed, '--gpus', '0']):
-        out = run_tool(cmd + ['--work-dir', str(tmp_path / 'test')] + options(1))
+        out = run_tool(cmd + ['--work-dir', str(tmp_path / 'test')]
+                       + cfg_options(cfg, demo_data, max_iters=1, ckpt_interval=N, size=64),
+                       env=rank_env())
         assert 'Load checkpoint from' in out and 'coco/bbox_mAP' in out, cmd[:3]
 
 

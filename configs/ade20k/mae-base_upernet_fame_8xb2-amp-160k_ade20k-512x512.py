@@ -14,3 +14,7 @@ optim_wrapper = dict(
     constructor='FAMEOptimWrapperConstructor',
     paramwise_cfg=dict(
         _delete_=True, decay_rate=0.65, decay_type='layer_wise', num_layers=12))
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

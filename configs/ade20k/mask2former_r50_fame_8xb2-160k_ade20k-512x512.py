@@ -11,3 +11,7 @@ custom_imports = dict(
 # both.
 optimizer = dict(type='FAME')
 optim_wrapper = dict(optimizer=optimizer)
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

@@ -6,3 +6,7 @@ _base_ = 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['mmfame'], allow_failed_imports=False)
 
 optim_wrapper = dict(optimizer=dict(type='FAME'))
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

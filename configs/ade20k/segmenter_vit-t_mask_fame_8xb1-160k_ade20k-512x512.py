@@ -31,3 +31,7 @@ param_scheduler = [
         end=160000,
         by_epoch=False)
 ]
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

@@ -18,3 +18,7 @@ optim_wrapper = dict(
         eps=1e-8,
         weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0., bypass_duplicate=True))
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

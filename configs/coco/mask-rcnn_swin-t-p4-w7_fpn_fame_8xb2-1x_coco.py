@@ -6,3 +6,7 @@ _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['mmfame'], allow_failed_imports=False)
 
 optim_wrapper = dict(optimizer=dict(type='FAME'))
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

@@ -32,3 +32,8 @@ param_scheduler = [
     dict(type='ConstantLR', by_epoch=True, factor=1, begin=max_epochs - num_last_epochs,
          end=max_epochs),
 ]
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = _base_.custom_hooks + [
+    dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

@@ -74,3 +74,7 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]

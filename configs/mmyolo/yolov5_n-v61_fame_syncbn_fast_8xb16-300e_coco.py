@@ -22,3 +22,8 @@ optim_wrapper = dict(
         batch_size_per_gpu={{_base_.train_batch_size_per_gpu}}))
 
 default_hooks = dict(param_scheduler=dict(warmup_bias_lr=0.0))
+
+# Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
+# repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
+custom_hooks = _base_.custom_hooks + [
+    dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]
