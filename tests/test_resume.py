@@ -15,26 +15,28 @@ pytest.importorskip('mmengine', reason='mmfame.runtime needs mmengine')
 from mmfame.runtime import resume  # noqa: E402
 from mmfame.runtime.fileio import (ATOMIC_BACKEND, AtomicLocalBackend,  # noqa: E402
                                   use_atomic_checkpoints)
-from mmfame.runtime.resume import (resumable_checkpoint, resume_checkpoint,  # noqa: E402
+from mmfame.runtime.resume import (resume_checkpoint, which_checkpoint,  # noqa: E402
                                   unreadable_reason)
 
 # id: ({file: 'whole' | 'cut' | 'junk'}, last_checkpoint text ('{here}'/'{there}' stand for the
-# work dir and another folder), checkpoint chosen (None: mmengine's own choice), message words)
+# work dir and another folder), checkpoint taken (None: from scratch), message words (None: it is
+# the whole file last_checkpoint names, nothing to say)
 LAYOUTS = {
     'named and whole': ({'iter_2.pth': 'whole', 'iter_4.pth': 'whole'}, '{here}/iter_4.pth',
-                        None, None),
+                        'iter_4.pth', None),
     'nothing to resume': ({}, None, None, None),
     'named file gone': ({'iter_2.pth': 'whole'}, '{here}/iter_4.pth', 'iter_2.pth',
                         'iter_4.pth: it does not exist'),
     'named file cut short': ({'iter_2.pth': 'whole', 'iter_4.pth': 'cut'}, '{here}/iter_4.pth',
                              'iter_2.pth', 'iter_4.pth: it is cut short'),
     'newest cut short, older named': ({'iter_2.pth': 'whole', 'iter_4.pth': 'cut'},
-                                      '{here}/iter_2.pth', None, None),
+                                      '{here}/iter_2.pth', 'iter_2.pth', None),
     'not a checkpoint': ({'iter_2.pth': 'whole', 'iter_4.pth': 'junk'}, '{here}/iter_4.pth',
                          'iter_2.pth', 'iter_4.pth: it is cut short or damaged'),
     'copied work dir': ({'iter_4.pth': 'whole', '../there/iter_4.pth': 'whole'},
                         '{there}/iter_4.pth', 'iter_4.pth', 'outside this work dir'),
-    'out_dir elsewhere': ({'../there/iter_4.pth': 'whole'}, '{there}/iter_4.pth', None, None),
+    'out_dir elsewhere': ({'../there/iter_4.pth': 'whole'}, '{there}/iter_4.pth',
+                          '../there/iter_4.pth', None),
     'no last_checkpoint': ({'iter_2.pth': 'whole', 'iter_10.pth': 'whole', 'best_x.pth': 'whole'},
                            None, 'iter_10.pth', 'no last_checkpoint'),
     'epochs': ({'epoch_1.pth': 'whole', 'epoch_2.pth': 'cut'}, '{here}/epoch_2.pth',
@@ -77,10 +79,8 @@ def test_resume_takes_the_newest_whole_checkpoint(layout, tmp_path, monkeypatch)
         assert 'resume:' not in said, said
     else:
         assert words in said and f'{osp.abspath(here / chosen)}' in said, said
-    # what the experiment engine reports as the run's checkpoint: the same one, always a path
-    named_path = named and osp.abspath(named.format(here=here, there=there))
-    assert resumable_checkpoint(str(here)) == (osp.abspath(here / chosen) if chosen else
-                                               named_path)
+    # what the experiment engine reports as the run's checkpoint: the same one, and why
+    assert which_checkpoint(str(here)) == (got, said[len('resume: '):] if words else '')
 
 
 def test_no_whole_checkpoint_refuses_to_start_from_scratch(tmp_path):

@@ -121,9 +121,9 @@ def last_logged_iter(work_dir: str) -> Optional[int]:
 
 def latest_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``--resume`` continues the run from: the whole one ``last_checkpoint``
-    names, else the newest whole one (:func:`mmfame.runtime.resume.resumable_checkpoint`)."""
-    from mmfame.runtime.resume import resumable_checkpoint
-    return resumable_checkpoint(work_dir)
+    names, else the newest whole one (:func:`mmfame.runtime.resume.which_checkpoint`)."""
+    from mmfame.runtime.resume import which_checkpoint
+    return which_checkpoint(work_dir).path
 
 
 def test_metrics(test_dir: str) -> Dict[str, float]:

@@ -3,22 +3,23 @@
 mmengine resumes from the file that ``<work_dir>/last_checkpoint`` names, by the absolute path it
 was written with: a copied work dir resumes from the original's files, a named file that is gone
 ends every rerun, and a checkpoint cut short (killed while writing it, a full disk) fails to load
-on every rerun although an older one is there. :func:`resume_checkpoint` picks the checkpoint of
-that name in this work dir and, where it is missing or cut short, the newest one that is whole,
-saying which and why; it refuses to start from scratch where checkpoints exist but none is whole.
+on every rerun although an older one is there. :func:`which_checkpoint` answers which checkpoint
+a resume takes and why: the one of that name in this work dir and, where it is missing or cut
+short, the newest one that is whole. :func:`resume_checkpoint` is what ``tools/train.py`` does
+with it; it refuses to start from scratch where checkpoints exist but none is whole.
 """
 import glob
 import logging
 import os.path as osp
 import re
 import zipfile
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from mmengine.logging import print_log
 
 from .fileio import remove_parts
 
-__all__ = ['resumable_checkpoint', 'resume_checkpoint', 'unreadable_reason']
+__all__ = ['Choice', 'resume_checkpoint', 'unreadable_reason', 'which_checkpoint']
 
 # the checkpoints mmengine's CheckpointHook writes (best_*.pth are not where training stopped)
 _NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
@@ -68,53 +69,61 @@ def _candidates(work_dir: str):
     return named, copy, as_written, list(dict.fromkeys(osp.abspath(p) for p in candidates))
 
 
-def resumable_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint a bare ``--resume`` of ``work_dir`` continues from (None: from scratch)."""
-    named, _, _, candidates = _candidates(work_dir)
-    if named and '://' in named:
-        return named
-    return next((p for p in candidates if unreadable_reason(p) is None), None)
+class Choice(NamedTuple):
+    """The checkpoint a bare ``--resume`` of a work dir takes (``path``; None: from scratch) and
+    why, where that is not simply the whole file ``last_checkpoint`` names (``why``; '' else)."""
+    path: Optional[str]
+    why: str
+
+
+def which_checkpoint(work_dir: str) -> Choice:
+    """The checkpoint a bare ``--resume`` of ``work_dir`` takes, and why: in order, the file
+    ``last_checkpoint`` names, taken in ``work_dir`` (a copied work dir resumes from its own
+    copy); that path as written (a CheckpointHook ``out_dir`` elsewhere); then ``iter_N.pth`` /
+    ``epoch_N.pth`` in ``work_dir``, newest first. The first whole one wins. Where checkpoints
+    exist but none is whole, ``path`` is None and ``why`` says so. Reads only."""
+    named, copy, as_written, candidates = _candidates(work_dir)
+    if named and '://' in named:  # a remote backend's path: mmengine's own loader reads it
+        return Choice(named, '')
+    skipped = []
+    for path in candidates:
+        reason = unreadable_reason(path)
+        if reason is not None:
+            if not (path == copy != as_written and not osp.exists(path)):  # no copy here: fine
+                skipped.append(f'{path}: {reason}')
+            continue
+        if skipped:
+            why = (f'skipped {"; ".join(skipped)}. Resuming from {path}, the newest whole '
+                   'checkpoint.')
+        elif not named:
+            why = f'no last_checkpoint in {work_dir}: resuming from its newest checkpoint, {path}.'
+        elif path not in (osp.abspath(named), as_written):
+            why = (f'last_checkpoint names {named}, outside this work dir: resuming from its '
+                   f'copy here, {path}.')
+        else:
+            why = ''
+        return Choice(path, why)
+    if skipped:
+        return Choice(None, f'no checkpoint of {work_dir} can be resumed from '
+                            f'({"; ".join(skipped)})')
+    return Choice(None, '')
 
 
 def resume_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint to resume ``work_dir``'s run from where mmengine's own choice would be
-    wrong; None where it is right (the whole file ``last_checkpoint`` names, or nothing at all).
-
-    In order: the file ``last_checkpoint`` names, taken in ``work_dir`` (a copied work dir
-    resumes from its own copy); that path as written (a CheckpointHook ``out_dir`` elsewhere);
-    then ``iter_N.pth`` / ``epoch_N.pth`` in ``work_dir``, newest first. The first whole one wins.
-    The temporary files of checkpoint writers that were killed are removed first.
-    """
+    """What ``tools/train.py --resume`` does with :func:`which_checkpoint`: removes the temporary
+    files of checkpoint writers that were killed, says why where it departs from
+    ``last_checkpoint``, returns the path (None: train from scratch), and refuses to start from
+    scratch where checkpoints exist but none is whole."""
     removed = remove_parts(work_dir)
     if removed:
         print_log(f'resume: removed {len(removed)} temporary file(s) of checkpoint writes that '
                   f'were killed: {", ".join(map(osp.basename, removed))}.', logger='current',
                   level=logging.WARNING)
-    named, copy, as_written, candidates = _candidates(work_dir)
-    if named and '://' in named:  # a remote backend's path: mmengine's own loader reads it
-        return None
-    skipped = []
-    for path in candidates:
-        why = unreadable_reason(path)
-        if why is not None:
-            if not (path == copy != as_written and not osp.exists(path)):  # no copy here: fine
-                skipped.append(f'{path}: {why}')
-            continue
-        if skipped:
-            print_log(f'resume: skipped {"; ".join(skipped)}. Resuming from {path}, the newest '
-                      'whole checkpoint.', logger='current', level=logging.WARNING)
-        elif not named:
-            print_log(f'resume: no last_checkpoint in {work_dir}: resuming from its newest '
-                      f'checkpoint, {path}.', logger='current', level=logging.WARNING)
-        elif path == osp.abspath(named):
-            return None  # the whole file last_checkpoint names: mmengine resumes from it
-        elif path != as_written:
-            print_log(f'resume: last_checkpoint names {named}, outside this work dir: resuming '
-                      f'from its copy here, {path}.', logger='current', level=logging.WARNING)
-        return path
-    if skipped:
+    choice = which_checkpoint(work_dir)
+    if choice.path is None and choice.why:
         raise RuntimeError(
-            f'--resume: no checkpoint of {work_dir} can be resumed from ({"; ".join(skipped)}). '
-            'Resume from a whole one with --resume PATH, or move these and last_checkpoint aside '
-            'to train from scratch.')
-    return None
+            f'--resume: {choice.why}. Resume from a whole one with --resume PATH, or move these '
+            'and last_checkpoint aside to train from scratch.')
+    if choice.why:
+        print_log(f'resume: {choice.why}', logger='current', level=logging.WARNING)
+    return choice.path
