@@ -24,8 +24,8 @@ DATASETS = {'mmdet': 'coco', 'mmseg': 'ade20k'}  # default_scope -> the --data-r
 
 def write_json(path: str, obj) -> None:
     """Write ``obj`` as JSON under ``path``, whole or not at all (mmfame's atomic write)."""
-    from mmfame.runtime.fileio import AtomicLocalBackend
-    AtomicLocalBackend().put(json.dumps(obj, indent=1).encode(), path)
+    from mmfame.runtime.protocol import write_atomic
+    write_atomic(path, json.dumps(obj, indent=1).encode())
 
 
 @dataclass(frozen=True)

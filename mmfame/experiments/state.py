@@ -15,7 +15,6 @@ A run's folder (:func:`mmfame.experiments.matrix.run_dir`) holds, beside the Run
 * ``done.json``: written once training exited 0; a run holding it is never launched again;
 * ``launch.log`` (local, torchrun) or ``slurm-JOBID.out`` (Slurm): what every start printed.
 """
-import json
 import os
 import os.path as osp
 import socket
@@ -23,7 +22,7 @@ import subprocess
 import time
 from typing import Optional, Sequence
 
-from mmfame.runtime.protocol import JOB_RECORD, read_record
+from mmfame.runtime.protocol import JOB_RECORD, read_json, read_record
 
 from . import logs
 from .matrix import Run, run_dir, write_json
@@ -36,14 +35,6 @@ STATES = ('pending', 'running', 'finished', 'interrupted', 'failed')
 STALE_AFTER_S = 600  # a lock on another host unrefreshed this long: its trainer is gone
 CLOCK_SLACK_S = 5  # a lock written further in this host's future: its writer's clock is ahead
 _UNLOCK = 'delete it if no launch of this run is alive (`tools/reproduce.py status` lists them)'
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _alive(pid) -> bool:
@@ -64,7 +55,7 @@ def read_job(d: str) -> Optional[dict]:
     path = osp.join(d, 'job.json')
     if not osp.exists(path):
         return None
-    job = _read_json(path)
+    job = read_json(path)
     fix = ('delete it if no launch of this run is alive (the run then shows as interrupted or '
            'pending, and the next launch resumes it)')
     if not isinstance(job, dict):
@@ -109,7 +100,7 @@ def read_lock(d: str) -> Optional[dict]:
         age = time.time() - osp.getmtime(path)
     except OSError:
         return None
-    lock = _read_json(path)
+    lock = read_json(path)
     problem = None
     if not isinstance(lock, dict):  # empty or cut short: held until it is stale, then taken over
         lock = {}
@@ -190,7 +181,7 @@ def describe(work_dir: str, run: Run, metric_keys: Sequence[str] = ()) -> dict:
     keys = list(metric_keys) or [k for task in logged_tasks(logged) for k in task]
     st = state(d)
     held = holder(d)
-    done = _read_json(osp.join(d, 'done.json')) or {}
+    done = read_json(osp.join(d, 'done.json')) or {}
     train = logs.summarize_run(records, keys)
     curve = {k: logs.metric_curve(records, k) for k in keys}
     curve['loss'] = [list(p) for p in zip(train['iters'], train['losses'])]

@@ -16,6 +16,8 @@ from typing import Optional
 
 from mmengine.fileio.backends import LocalBackend, backends, register_backend
 
+from .protocol import write_atomic
+
 __all__ = ['ATOMIC_BACKEND', 'AtomicLocalBackend', 'check_work_dir', 'remove_parts',
            'use_atomic_checkpoints']
 
@@ -26,20 +28,9 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's LocalBackend whose ``put`` writes a temporary file and renames it."""
 
     def put(self, obj: bytes, filepath) -> None:
-        filepath = str(filepath)
-        folder, name = osp.split(filepath)
-        os.makedirs(folder or '.', exist_ok=True)
-        part = osp.join(folder, f'.{name}.{os.getpid()}.part')
+        folder, name = osp.split(str(filepath))
         remove_parts(folder or '.', name)  # of writers killed before they renamed
-        try:
-            with open(part, 'wb') as f:
-                f.write(obj)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(part, filepath)
-        finally:
-            if osp.exists(part):
-                os.remove(part)
+        write_atomic(str(filepath), obj)
 
 
 existing = backends.get(ATOMIC_BACKEND)

@@ -15,20 +15,13 @@ import sys
 import threading
 from typing import Optional
 
+from .protocol import read_json, write_atomic
+
 __all__ = ['HEARTBEAT_S', 'LEASE_ENV', 'LEASE_LOST_EXIT', 'hold_run_lease']
 
 LEASE_ENV = 'MMFAME_RUN_LEASE'  # "<token>:<path of lock.json>"
 HEARTBEAT_S = 30.0
 LEASE_LOST_EXIT = 3
-
-
-def _read(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            lock = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return lock if isinstance(lock, dict) else None
 
 
 def _lost(path: str, lock: Optional[dict]) -> None:
@@ -45,19 +38,16 @@ def hold_run_lease(environ=os.environ, interval: float = HEARTBEAT_S):
     if not value or int(environ.get('RANK', environ.get('SLURM_PROCID', 0)) or 0) != 0:
         return None
     token, path = value.split(':', 1)
-    lock = _read(path)
+    lock = read_json(path)
     if not lock or lock.get('token') != token:
         _lost(path, lock)
     lock.update(trainer_pid=os.getpid(), trainer_host=socket.gethostname())
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(lock, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(lock).encode())
     stop = threading.Event()
 
     def beat():
         while not stop.wait(interval):
-            current = _read(path)  # None: being replaced, or gone (the next beat sees who)
+            current = read_json(path)  # None: being replaced, or gone (the next beat sees who)
             if current is not None and current.get('token') != token:
                 _lost(path, current)
             try:

@@ -40,8 +40,8 @@ from torch.utils.data import DataLoader
 from mmfame.registry import HOOKS
 
 from .epoch_position import describe_layout, resumed_loader
-from .fileio import ATOMIC_BACKEND, AtomicLocalBackend
-from .protocol import PREEMPTED_EXIT, PREEMPTION_RECORD
+from .fileio import ATOMIC_BACKEND
+from .protocol import PREEMPTED_EXIT, PREEMPTION_RECORD, write_atomic
 
 __all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'Preempted', 'PreemptionHook']
 
@@ -258,5 +258,5 @@ def _config_path(runner):
 
 
 def _write(path: str, text: str) -> None:
-    AtomicLocalBackend().put(text.encode(), path)
+    write_atomic(path, text.encode())
 

@@ -10,6 +10,9 @@ the shell launchers and the experiment engine read.
   tools/slurm_train.sh`` at the end of each start (job id, exit status, whether it requeued
   itself), which the engine reads once Slurm has forgotten the job.
 
+Records (and checkpoints, through :class:`mmfame.runtime.fileio.AtomicLocalBackend`) are written
+with :func:`write_atomic` and read with :func:`read_json`.
+
 ``python mmfame/runtime/protocol.py resume WORK_DIR CONFIG`` (what ``tools/slurm_train.sh`` asks
 before each start; the file alone, run by its path, imports only the standard library) prints
 why a start of CONFIG in WORK_DIR must resume and exits 0, or exits 1.
@@ -20,21 +23,45 @@ import os.path as osp
 import sys
 from typing import Optional
 
-__all__ = ['JOB_RECORD', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'read_record', 'resume_reason']
+__all__ = ['JOB_RECORD', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'read_json', 'read_record',
+           'resume_reason', 'write_atomic']
 
 PREEMPTED_EXIT = 75
 PREEMPTION_RECORD = 'preempted.json'
 JOB_RECORD = 'slurm_job.json'
 
 
-def read_record(work_dir: str, name: str = PREEMPTION_RECORD) -> Optional[dict]:
-    """A record of ``work_dir`` (None: absent, or not a JSON object)."""
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, sync it to disk and rename it over
+    ``path``: a reader finds the old file, the new one whole, or none, whenever a writer is
+    killed. The temporary file is ``.NAME.PID.part``."""
+    folder, name = osp.split(str(path))
+    os.makedirs(folder or '.', exist_ok=True)
+    part = osp.join(folder, f'.{name}.{os.getpid()}.part')
     try:
-        with open(osp.join(work_dir, name)) as f:
+        with open(part, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    finally:
+        if osp.exists(part):
+            os.remove(part)
+
+
+def read_json(path: str) -> Optional[dict]:
+    """The JSON object in ``path`` (None: absent, being replaced, damaged, or not an object)."""
+    try:
+        with open(path) as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def read_record(work_dir: str, name: str = PREEMPTION_RECORD) -> Optional[dict]:
+    """A record of ``work_dir`` (None: absent, or not a JSON object)."""
+    return read_json(osp.join(work_dir, name))
 
 
 def resume_reason(work_dir: str, config: str, restarts: int = 0) -> Optional[str]:
