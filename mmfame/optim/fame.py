@@ -20,6 +20,7 @@ from torch.optim.optimizer import Optimizer
 from ._compat import (ParamsT, get_scalar_dtype, get_value, increment_steps, is_compiling,
                       view_as_real)
 from ._core import AMSGRAD_KEY, FULL_KEYS, MOMENT_KEYS, TENSOR_KEYS, FameTensors, state_dtype
+from .groups import settings_key
 
 __all__ = ['FAME', 'fame', 'check_arguments', 'check_hyper_parameters']
 
@@ -214,7 +215,7 @@ class FAME(Optimizer):
         one-group-per-parameter layout that mmengine's paramwise_cfg produces."""
         batches: Dict[tuple, _GroupBatch] = {}
         for group in self.param_groups:
-            key = tuple(_hashable(group[k]) for k in _BATCH_KEYS)
+            key = settings_key(group, _BATCH_KEYS)
             batch = batches.setdefault(key, _GroupBatch())
             batch.groups.append(group)
             for p in group['params']:
@@ -358,16 +359,9 @@ class FAME(Optimizer):
                                          f'finite number >= 0, got {step!r}')
 
 
-
-
 def _triton_available() -> bool:
     from . import _triton_fame
     return _triton_fame.triton is not None
-
-
-def _hashable(value):
-    # A Tensor lr batches by identity: reading its value would sync with its device.
-    return ('tensor', id(value)) if isinstance(value, Tensor) else value
 
 
 def _check_is_fame_state(state_dict) -> None:

@@ -26,6 +26,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIMIZERS
 
 from mmfame.optim.fame import FAME, check_arguments, check_hyper_parameters, is_finite_real
+from mmfame.optim.groups import MEMBER_KEYS, merge_param_groups
 
 from mmfame.registry import OPTIM_WRAPPER_CONSTRUCTORS, register_in_root
 
@@ -34,7 +35,6 @@ from ..sharding import (MMENGINE_ZERO_TYPES, MMFAME_ZERO_TYPE, check_fsdp_model,
 from .build import build_fame
 
 # Keys that list a group's parameters rather than set hyper-parameters: merged by concatenation.
-_MEMBER_KEYS = ('params', 'param_names')
 _DECAY_MULTS = ('bias_decay_mult', 'norm_decay_mult', 'dwconv_decay_mult', 'flat_decay_mult')
 _DECAY_TYPES = ('layer_wise', 'stage_wise')
 # custom_keys entries: mmengine's multipliers, and FAME's own arguments per group.
@@ -126,7 +126,8 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if 'decay_rate' in self.paramwise_cfg:
             self._apply_lr_decay(groups, module)
         if self.paramwise_cfg.get('merge_groups', True):
-            groups = self._merge(groups)
+            groups = merge_param_groups(
+                groups, {k: v for k, v in self.optimizer_cfg.items() if k != 'type'})
         params.extend(groups)
 
     def _apply_lr_decay(self, groups: List[dict], model: nn.Module) -> None:
@@ -150,27 +151,6 @@ class FAMEOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if param.ndim == 1 or name.endswith('.bias') or name.split('.')[-1] in (
                     'pos_embed', 'cls_token'):
                 group['weight_decay'] = 0.
-
-    def _merge(self, groups: List[dict]) -> List[dict]:
-        """One group per distinct hyper-parameter set, in order of first appearance."""
-        base = {k: v for k, v in self.optimizer_cfg.items() if k != 'type'}
-        merged, seen = {}, set()
-        for group in groups:
-            # As torch (under mmengine's default constructor) refuses a parameter in two groups,
-            # so that merging never puts it twice into one, where it would be stepped twice.
-            ids = {id(p) for p in group['params']}
-            if ids & seen:
-                raise ValueError('some parameters appear in more than one parameter group (a '
-                                 'shared or tied weight): set paramwise_cfg=dict('
-                                 'bypass_duplicate=True) to step shared parameters once')
-            seen |= ids
-            settings = {k: v for k, v in group.items() if k not in _MEMBER_KEYS}
-            key = _freeze({**base, **settings})
-            merged.setdefault(key, settings)
-            for k in _MEMBER_KEYS:
-                if k in group:
-                    merged[key].setdefault(k, []).extend(group[k])
-        return list(merged.values())
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         check_fsdp_model(model, self.paramwise_cfg)
@@ -260,15 +240,6 @@ def _is_fame(optimizer_type) -> bool:
                                             and issubclass(optimizer_type, FAME))
 
 
-def _freeze(value):
-    """A hashable stand-in for a group's settings (configs hold lists and dicts)."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
 def _log_groups(optimizer) -> None:
     """One line per group: size, lr, weight_decay and every key that differs from the defaults."""
     def fmt(value):
@@ -278,7 +249,7 @@ def _log_groups(optimizer) -> None:
     for i, group in enumerate(optimizer.param_groups):
         shown = [('lr', group['lr']), ('weight_decay', group.get('weight_decay'))]
         shown += [(k, v) for k, v in group.items()
-                  if k not in (*_MEMBER_KEYS, 'lr', 'weight_decay')
+                  if k not in (*MEMBER_KEYS, 'lr', 'weight_decay')
                   and (k not in optimizer.defaults or v != optimizer.defaults[k])]
         lines.append(f'  group {i}: {len(group["params"])} params, '
                      + ', '.join(f'{k}={fmt(v)}' for k, v in shown))
