@@ -1052,6 +1052,41 @@ def test_train_argument_surface(monkeypatch, argv, resume, local_rank):
     assert args.cfg_options == {'a.b': 1, 'c': [1, 2]}
 
 
+PRE, LOAD, ZERO_HOOK = 'mmfame.PreemptionHook', 'mmfame.WeightsOnlyLoadHook', 'mmfame.ZeroCheckpointHook'
+# id: (what the child config adds to the shipped demo config, train.py's flags, the hooks the
+# runner is built with)
+TRAIN_HOOKS = {
+    'a shipped config lists its own': ('', [], [PRE, LOAD]),
+    'a config without them': ('custom_hooks = []\n', [], [LOAD, PRE]),
+    '--no-preemption-hook drops the listed one': ('', ['--no-preemption-hook'], [LOAD]),
+    'ZeRO gets the checkpoint hook': (
+        "custom_hooks = []\noptim_wrapper = dict(optimizer=dict(_delete_=True, "
+        "type='mmfame.ZeroRedundancyOptimizer', optimizer_type='FAME', lr=1e-3))\n", [],
+        [LOAD, PRE, ZERO_HOOK]),
+}
+
+
+@pytest.mark.parametrize('case', TRAIN_HOOKS)
+def test_train_gives_a_config_the_hooks_it_lacks(case, monkeypatch, tmp_path):
+    text, flags, expected = TRAIN_HOOKS[case]
+    cfg = tmp_path / 'child.py'
+    cfg.write_text(f'_base_ = {DET_CFG!r}\n' + text)
+    train = _load_tool('train')
+
+    class Built(Exception):
+        pass
+
+    def build_runner(config):
+        raise Built([h['type'] for h in config.custom_hooks])
+
+    monkeypatch.setattr(train, 'build_runner', build_runner)
+    monkeypatch.setattr(sys, 'argv', ['train.py', str(cfg), '--work-dir', str(tmp_path / 'w')]
+                        + flags)
+    with pytest.raises(Built) as built:
+        train.main()
+    assert built.value.args[0] == expected
+
+
 def test_test_argument_surface(monkeypatch):
     test = _load_tool('test')
     monkeypatch.setattr(sys, 'argv', [

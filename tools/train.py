@@ -17,7 +17,7 @@ both. Differences from upstream:
   the end of the current iteration (or of the validation in progress) on every rank and exits
   with 75, "resume me"; a resume inside an epoch continues on the samples that epoch had not
   trained, also on another number of GPUs or batch size (``mmfame.runtime.PreemptionHook``;
-  ``--no-preemption-hook`` leaves the signals alone);
+  ``--no-preemption-hook`` leaves the signals alone, also where the config lists the hook);
 * local checkpoints are written to a temporary name and renamed (``mmfame.runtime.fileio``), and a
   work dir that cannot be written is one line with the fix;
 * started by ``tools/reproduce.py``, rank 0 keeps the run's lock fresh (``mmfame.runtime.lease``).
@@ -31,8 +31,9 @@ from mmengine.logging import print_log
 
 import mmfame  # noqa: F401  (registers FAME)
 from mmfame.engine import asks_for_zero
-from mmfame.runtime import (add_custom_hooks, build_runner, check_work_dir, finalize_distributed,
-                            resume_checkpoint, setup_cpu_distributed, use_atomic_checkpoints)
+from mmfame.runtime import (add_custom_hooks, build_runner, check_work_dir, drop_custom_hooks,
+                            finalize_distributed, resume_checkpoint, setup_cpu_distributed,
+                            use_atomic_checkpoints)
 from mmfame.runtime.lease import hold_run_lease
 
 
@@ -153,7 +154,9 @@ def main():
     # what a config can list itself: checkpoints that load under torch >= 2.6, a checkpoint on a
     # cluster's stop signal (unless turned off), ZeRO-1 checkpoints that gather every rank's shard
     hooks = ['mmfame.WeightsOnlyLoadHook']
-    if not args.no_preemption_hook:
+    if args.no_preemption_hook:
+        drop_custom_hooks(cfg, 'mmfame.PreemptionHook')
+    else:
         hooks.append('mmfame.PreemptionHook')
     if asks_for_zero(cfg.optim_wrapper):
         hooks.append('mmfame.ZeroCheckpointHook')

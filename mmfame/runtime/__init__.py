@@ -20,10 +20,10 @@ from .dist import finalize_distributed, setup_cpu_distributed
 from .fileio import check_work_dir, use_atomic_checkpoints
 from .preemption import PREEMPTED_EXIT, PREEMPTION_RECORD, Preempted, PreemptionHook
 from .resume import resume_checkpoint
-from .runners import add_custom_hooks, build_runner
+from .runners import add_custom_hooks, build_runner, drop_custom_hooks
 from .strategies import FSDPStrategy
 
 __all__ = ['PreemptionHook', 'Preempted', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
            'WeightsOnlyLoadHook', 'checkpoint_allowlist', 'FSDPStrategy', 'resume_checkpoint',
-           'add_custom_hooks', 'build_runner', 'check_work_dir', 'use_atomic_checkpoints',
-           'setup_cpu_distributed', 'finalize_distributed']
+           'add_custom_hooks', 'drop_custom_hooks', 'build_runner', 'check_work_dir',
+           'use_atomic_checkpoints', 'setup_cpu_distributed', 'finalize_distributed']

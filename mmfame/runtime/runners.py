@@ -18,11 +18,23 @@ def build_runner(cfg):
     return RUNNERS.build(cfg)
 
 
+def _hook_name(hook) -> str:
+    """A ``custom_hooks`` entry's class name, whatever the scope prefix (``'mmfame.X'`` -> X)."""
+    kind = hook.get('type') if isinstance(hook, dict) else type(hook)
+    return str(getattr(kind, '__name__', kind)).rpartition('.')[2]
+
+
 def add_custom_hooks(cfg, *types: str) -> None:
     """Append ``dict(type=t)`` to ``cfg.custom_hooks`` for each of ``types`` that the config does
     not list already (as ``'mmfame.X'``, ``'X'`` or the class)."""
     hooks = list(cfg.get('custom_hooks', None) or [])
-    listed = {h.get('type') for h in hooks if isinstance(h, dict)}
-    listed = {getattr(t, '__name__', t) for t in listed}
-    listed |= {t.rpartition('.')[2] for t in listed if isinstance(t, str)}
-    cfg.custom_hooks = hooks + [dict(type=t) for t in types if t.rpartition('.')[2] not in listed]
+    listed = {_hook_name(h) for h in hooks}
+    cfg.custom_hooks = hooks + [dict(type=t) for t in types if _hook_name(dict(type=t))
+                                not in listed]
+
+
+def drop_custom_hooks(cfg, *types: str) -> None:
+    """Remove the ``cfg.custom_hooks`` entries of each of ``types`` (with or without prefix)."""
+    names = {_hook_name(dict(type=t)) for t in types}
+    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', None) or []
+                        if _hook_name(h) not in names]
