@@ -21,11 +21,16 @@ SNAPSHOT = r'''
 import inspect, json, signal, sys
 
 def describe(value):
-    """What a value is, comparable across processes: a function's or class's own name, else
-    its type's."""
+    """What a value is, comparable across processes: a function's or class's own name and where
+    its code is (a wrapper made with functools.wraps has its wrapped function's name), else its
+    type's."""
+    function = (value.__func__ if isinstance(value, (classmethod, staticmethod))
+                or inspect.ismethod(value) else value)
+    code = getattr(function, '__code__', None) if inspect.isfunction(function) else None
+    where = f'@{code.co_filename}:{code.co_firstlineno}' if code is not None else ''
     if not (inspect.isclass(value) or inspect.isroutine(value)):
         value = type(value)
-    return f'{getattr(value, "__module__", None)}:{getattr(value, "__qualname__", None)}'
+    return f'{getattr(value, "__module__", None)}:{getattr(value, "__qualname__", None)}{where}'
 
 def snapshot():
     seen = {}

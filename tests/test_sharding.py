@@ -38,9 +38,10 @@ SETTINGS = {
     'zero-flexible': '''\
         runner_type = 'FlexibleRunner'
         strategy = dict(type='DDPStrategy')
-        optim_wrapper = dict(optimizer=dict(type='mmfame.ZeroRedundancyOptimizer',
+        optim_wrapper = dict(constructor='FAMEOptimWrapperConstructor',
+                             optimizer=dict(type='mmfame.ZeroRedundancyOptimizer',
                                             optimizer_type='FAME'))
-        custom_hooks = [dict(type='mmfame.ZeroCheckpointHook')]
+        custom_hooks = [dict(type='RankStateHook'), dict(type='mmfame.ZeroCheckpointHook')]
         ''',
     'fsdp': '''\
         runner_type = 'FlexibleRunner'
