@@ -328,3 +328,27 @@ def test_cpu_strategy_rewrite(monkeypatch):
     monkeypatch.setattr(mmfame_dist, 'TORCH_VERSION', (2, 1, 2))
     with pytest.raises(RuntimeError, match='ZeroRedundancyOptimizer'):
         mmfame_dist.setup_cpu_distributed(cfg())
+
+
+# id: (runner_type, strategy type, the type train.py/test.py build it with)
+STRATEGIES = {
+    'DDP': ('FlexibleRunner', 'DDPStrategy', 'mmfame.DDPStrategy'),
+    'FSDP, scoped': ('FlexibleRunner', 'mmengine.FSDPStrategy', 'mmfame.FSDPStrategy'),
+    "mmfame's": ('FlexibleRunner', 'mmfame.FSDPStrategy', 'mmfame.FSDPStrategy'),
+    'another strategy': ('FlexibleRunner', 'DeepSpeedStrategy', 'DeepSpeedStrategy'),
+    'no FlexibleRunner': (None, 'DDPStrategy', 'DDPStrategy'),
+}
+
+
+@pytest.mark.parametrize('case', STRATEGIES)
+def test_flexible_runners_get_a_strategy_that_resumes(case):
+    """A FlexibleRunner loads its checkpoint before any hook runs: only mmfame's strategies load
+    it under torch >= 2.6 (and resume FSDP on torch >= 2.1)."""
+    from mmengine.config import Config
+
+    from mmfame.runtime import use_resumable_strategy
+    runner_type, strategy, expected = STRATEGIES[case]
+    cfg = Config(dict(strategy=dict(type=strategy), **(
+        dict(runner_type=runner_type) if runner_type else {})))
+    use_resumable_strategy(cfg)
+    assert cfg.strategy.type == expected

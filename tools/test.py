@@ -25,7 +25,7 @@ from mmengine.config import Config, DictAction
 
 import mmfame  # noqa: F401  (registers FAME)
 from mmfame.runtime import (add_custom_hooks, build_runner, finalize_distributed,
-                            setup_cpu_distributed)
+                            setup_cpu_distributed, use_resumable_strategy)
 
 
 # TODO: support fuse_conv_bn and format_only
@@ -187,6 +187,7 @@ def main():
 
     # checkpoints that load under torch >= 2.6, unless the config lists the hook itself
     add_custom_hooks(cfg, 'mmfame.WeightsOnlyLoadHook')
+    use_resumable_strategy(cfg)  # a FlexibleRunner loads before hooks run: its strategy does
     # build the runner from config (with runner_type: from the config's package's RUNNERS)
     runner = build_runner(cfg)
 

@@ -33,7 +33,7 @@ import mmfame  # noqa: F401  (registers FAME)
 from mmfame.engine import asks_for_zero
 from mmfame.runtime import (add_custom_hooks, build_runner, check_work_dir, drop_custom_hooks,
                             finalize_distributed, resume_checkpoint, setup_cpu_distributed,
-                            use_atomic_checkpoints)
+                            use_atomic_checkpoints, use_resumable_strategy)
 from mmfame.runtime.lease import hold_run_lease
 
 
@@ -161,6 +161,7 @@ def main():
     if asks_for_zero(cfg.optim_wrapper):
         hooks.append('mmfame.ZeroCheckpointHook')
     add_custom_hooks(cfg, *hooks)
+    use_resumable_strategy(cfg)  # a FlexibleRunner loads before hooks run: its strategy does
     # checkpoints written under a temporary name, then renamed: whole or absent, never cut short
     use_atomic_checkpoints(cfg)
 

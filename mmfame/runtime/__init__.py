@@ -8,7 +8,8 @@ Importing it registers its hooks, strategy and model wrappers in :mod:`mmfame.re
 
 * ``custom_hooks=[dict(type='mmfame.PreemptionHook')]``: :mod:`.preemption`;
 * ``custom_hooks=[dict(type='mmfame.WeightsOnlyLoadHook')]``: :mod:`.checkpoint`;
-* ``strategy=dict(type='mmfame.FSDPStrategy', ...)``: :mod:`.strategies`.
+* ``strategy=dict(type='mmfame.DDPStrategy' or 'mmfame.FSDPStrategy', ...)`` for a
+  FlexibleRunner, which loads its checkpoint before any hook runs: :mod:`.strategies`.
 
 Two things act on a runner or on mmengine rather than through a registry, each only where asked
 and said in the log: ``WeightsOnlyLoadHook`` wraps its own runner's ``resume`` and
@@ -20,10 +21,11 @@ from .dist import finalize_distributed, setup_cpu_distributed
 from .fileio import check_work_dir, use_atomic_checkpoints
 from .preemption import PREEMPTED_EXIT, PREEMPTION_RECORD, Preempted, PreemptionHook
 from .resume import resume_checkpoint
-from .runners import add_custom_hooks, build_runner, drop_custom_hooks
-from .strategies import FSDPStrategy
+from .runners import add_custom_hooks, build_runner, drop_custom_hooks, use_resumable_strategy
+from .strategies import DDPStrategy, FSDPStrategy
 
 __all__ = ['PreemptionHook', 'Preempted', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
-           'WeightsOnlyLoadHook', 'checkpoint_allowlist', 'FSDPStrategy', 'resume_checkpoint',
-           'add_custom_hooks', 'drop_custom_hooks', 'build_runner', 'check_work_dir',
-           'use_atomic_checkpoints', 'setup_cpu_distributed', 'finalize_distributed']
+           'WeightsOnlyLoadHook', 'checkpoint_allowlist', 'DDPStrategy', 'FSDPStrategy',
+           'resume_checkpoint', 'add_custom_hooks', 'drop_custom_hooks', 'use_resumable_strategy',
+           'build_runner', 'check_work_dir', 'use_atomic_checkpoints', 'setup_cpu_distributed',
+           'finalize_distributed']

@@ -227,7 +227,8 @@ class WeightsOnlyLoadHook(Hook):
     done on torch < 2.6.
 
     ``before_run`` comes before the Runner loads or resumes, in ``train()``, ``val()`` and
-    ``test()``. ``custom_hooks=[dict(type='mmfame.WeightsOnlyLoadHook')]``.
+    ``test()``. ``custom_hooks=[dict(type='mmfame.WeightsOnlyLoadHook')]``. A FlexibleRunner
+    loads before any hook runs: its strategy does it (``mmfame.DDPStrategy``/``FSDPStrategy``).
     """
 
     priority = 'VERY_HIGH'

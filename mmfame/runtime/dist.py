@@ -54,6 +54,8 @@ _FSDP_TYPES = ('MMFullyShardedDataParallel', 'mmengine.MMFullyShardedDataParalle
 # FlexibleRunner strategies: their default wrapper, and the CPU builder that replaces it.
 _STRATEGY_WRAPPERS = {'DDPStrategy': ('MMDistributedDataParallel', _DDP_TYPES, CPU_DDP_TYPE),
                       'FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES, CPU_FSDP_TYPE),
+                      'mmfame.DDPStrategy': ('MMDistributedDataParallel', _DDP_TYPES,
+                                             CPU_DDP_TYPE),
                       'mmfame.FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES,
                                               CPU_FSDP_TYPE)}
 
@@ -191,7 +193,7 @@ def _adapt_strategy(strategy) -> None:
     default, types, cpu_type = _STRATEGY_WRAPPERS[name]
     if strategy.get('model_wrapper') is None:
         strategy['model_wrapper'] = dict(type=default)
-        if name == 'DDPStrategy':  # DDPStrategy's own default
+        if 'DDPStrategy' in name:  # DDPStrategy's own default
             strategy['model_wrapper']['broadcast_buffers'] = False
     wrapper = strategy['model_wrapper']
     if wrapper.get('type', default) in types:

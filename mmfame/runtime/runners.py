@@ -38,3 +38,19 @@ def drop_custom_hooks(cfg, *types: str) -> None:
     names = {_hook_name(dict(type=t)) for t in types}
     cfg.custom_hooks = [h for h in cfg.get('custom_hooks', None) or []
                         if _hook_name(h) not in names]
+
+
+def use_resumable_strategy(cfg) -> None:
+    """Point a FlexibleRunner config's mmengine ``DDPStrategy``/``FSDPStrategy`` at mmfame's
+    (:mod:`.strategies`: they resume under torch >= 2.6, FSDP's under torch >= 2.1), saying so."""
+    from mmengine.logging import print_log
+
+    from .strategies import RESUMABLE
+    strategy = cfg.get('strategy', None) if cfg.get('runner_type', None) else None
+    name = strategy.get('type') if isinstance(strategy, dict) else None
+    name = name[len('mmengine.'):] if isinstance(name, str) and name.startswith('mmengine.') \
+        else name
+    if name in RESUMABLE:
+        strategy['type'] = RESUMABLE[name]
+        print_log(f'strategy {name} -> {RESUMABLE[name]}, which resumes on this torch '
+                  '(mmfame/runtime/strategies.py).', logger='current')

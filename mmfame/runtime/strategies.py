@@ -1,11 +1,14 @@
-"""``type='mmfame.FSDPStrategy'``: mmengine's FSDPStrategy, resumable.
+"""``type='mmfame.DDPStrategy'`` and ``type='mmfame.FSDPStrategy'``: mmengine's FlexibleRunner
+strategies, resumable.
 
-mmengine 0.10's ``FSDPStrategy.load_optim_state_dict`` passes ``FSDP.optim_state_dict_to_load``
-its arguments in torch 2.0's order, which torch >= 2.1 reads as ``(model, optim,
-optim_state_dict)``: every FSDP resume fails. This subclass passes them by name, and loads
-checkpoints inside :func:`mmfame.runtime.checkpoint.checkpoint_allowlist` (torch >= 2.6 refuses a
-Runner checkpoint's non-tensor contents otherwise).
+A FlexibleRunner loads its checkpoint before any hook runs, so only its strategy can make that
+load work under torch >= 2.6, whose ``torch.load`` refuses a Runner checkpoint's non-tensor
+contents: both strategies load inside :func:`mmfame.runtime.checkpoint.checkpoint_allowlist`.
+mmengine 0.10's ``FSDPStrategy.load_optim_state_dict`` also passes
+``FSDP.optim_state_dict_to_load`` its arguments in torch 2.0's order, which torch >= 2.1 reads as
+``(model, optim, optim_state_dict)``: every FSDP resume fails. mmfame's passes them by name.
 """
+from mmengine._strategy import DDPStrategy as MMEngineDDPStrategy
 from mmengine._strategy import FSDPStrategy as MMEngineFSDPStrategy
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -13,12 +16,21 @@ from mmfame.registry import STRATEGIES
 
 from .checkpoint import checkpoint_allowlist
 
-__all__ = ['FSDPStrategy']
+__all__ = ['DDPStrategy', 'FSDPStrategy', 'RESUMABLE']
+
+
+@STRATEGIES.register_module()
+class DDPStrategy(MMEngineDDPStrategy):
+    """mmengine's DDPStrategy whose checkpoints load under torch >= 2.6."""
+
+    def load_checkpoint(self, filename: str, **kwargs) -> dict:
+        with checkpoint_allowlist():
+            return super().load_checkpoint(filename, **kwargs)
 
 
 @STRATEGIES.register_module()
 class FSDPStrategy(MMEngineFSDPStrategy):
-    """mmengine's FSDPStrategy whose resume works on torch >= 2.1."""
+    """mmengine's FSDPStrategy whose resume works on torch >= 2.1 and loads under >= 2.6."""
 
     def load_optim_state_dict(self, state_dict: dict) -> None:
         optim_state_dict = FSDP.optim_state_dict_to_load(
@@ -28,3 +40,7 @@ class FSDPStrategy(MMEngineFSDPStrategy):
     def load_checkpoint(self, filename: str, **kwargs) -> dict:
         with checkpoint_allowlist():
             return super().load_checkpoint(filename, **kwargs)
+
+
+# mmengine's strategy types and mmfame's resumable ones (tools/train.py swaps them)
+RESUMABLE = {'DDPStrategy': 'mmfame.DDPStrategy', 'FSDPStrategy': 'mmfame.FSDPStrategy'}
