@@ -72,15 +72,17 @@ def test_resume_takes_the_newest_whole_checkpoint(layout, tmp_path, monkeypatch)
         (here / 'last_checkpoint').write_text(named.format(here=here, there=there))
     logged = []
     monkeypatch.setattr(resume, 'print_log', lambda msg, **kw: logged.append(msg))
-    got = resume_checkpoint(str(here))
-    assert got == (None if chosen is None else osp.abspath(here / chosen))
+    choice = which_checkpoint(str(here))
+    assert choice.path == (None if chosen is None else osp.abspath(here / chosen))
+    got = resume_checkpoint(str(here))  # None: mmengine's own auto-resume takes the same file
+    assert got == (choice.path if words else None)
     said = '\n'.join(logged)
     if words is None:
-        assert 'resume:' not in said, said
+        assert 'resume:' not in said and choice.why == '', said
     else:
         assert words in said and f'{osp.abspath(here / chosen)}' in said, said
-    # what the experiment engine reports as the run's checkpoint: the same one, and why
-    assert which_checkpoint(str(here)) == (got, said[len('resume: '):] if words else '')
+        assert said == f'resume: {choice.why}'
+    assert which_checkpoint(str(here)) == choice  # it only reads
 
 
 def test_no_whole_checkpoint_refuses_to_start_from_scratch(tmp_path):

@@ -111,9 +111,10 @@ def which_checkpoint(work_dir: str) -> Choice:
 
 def resume_checkpoint(work_dir: str) -> Optional[str]:
     """What ``tools/train.py --resume`` does with :func:`which_checkpoint`: removes the temporary
-    files of checkpoint writers that were killed, says why where it departs from
-    ``last_checkpoint``, returns the path (None: train from scratch), and refuses to start from
-    scratch where checkpoints exist but none is whole."""
+    files of checkpoint writers that were killed, and returns the ``load_from`` to resume with:
+    None where mmengine's own auto-resume takes the same checkpoint (the whole file
+    ``last_checkpoint`` names, or none at all: it says so itself), else the path, saying why.
+    Refuses to start from scratch where checkpoints exist but none is whole."""
     removed = remove_parts(work_dir)
     if removed:
         print_log(f'resume: removed {len(removed)} temporary file(s) of checkpoint writes that '
@@ -124,6 +125,7 @@ def resume_checkpoint(work_dir: str) -> Optional[str]:
         raise RuntimeError(
             f'--resume: {choice.why}. Resume from a whole one with --resume PATH, or move these '
             'and last_checkpoint aside to train from scratch.')
-    if choice.why:
-        print_log(f'resume: {choice.why}', logger='current', level=logging.WARNING)
+    if not choice.why:
+        return None
+    print_log(f'resume: {choice.why}', logger='current', level=logging.WARNING)
     return choice.path
