@@ -320,3 +320,32 @@ def test_mmyolo_recipe(path, no_network):
     assert decays[0] > 0 and decays[1:] == [0.0, 0.0]
     assert not any('momentum' in g or 'nesterov' in g for g in optimizer.param_groups)
     assert cfg.default_hooks.param_scheduler.warmup_bias_lr == 0.0
+
+
+# ------------------------------------------------- typed dicts that upstream passes on as kwargs
+DEMO = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'configs', 'demo',
+                                                                        '*.py')))
+
+
+@pytest.mark.parametrize('path', CONFIGS + DEMO + MMYOLO, ids=os.path.basename)
+def test_collate_fn_takes_every_key_its_config_gives(path, registries):
+    """mmengine's ``Runner.build_dataloader`` calls ``partial(collate_fn, **rest of its dict)``,
+    and mmengine adds ``_scope_`` to every typed dict of a base loaded as ``mmyolo::``/``mmdet::``:
+    a collate function that does not take a key the config gives fails at the first batch
+    (``yolov5_collate() got an unexpected keyword argument '_scope_'``)."""
+    from mmengine.registry import FUNCTIONS
+    if path in MMYOLO:
+        _mmyolo_or_skip()
+    cfg = Config.fromfile(os.path.join(ROOT, path))
+    for split in ('train', 'val', 'test'):
+        collate = dict(cfg.get(f'{split}_dataloader', {}).get('collate_fn') or {})
+        if not collate:
+            continue  # mmengine's pseudo_collate, called without keywords
+        function = collate.pop('type')
+        if isinstance(function, str):
+            with FUNCTIONS.switch_scope_and_registry(cfg.get('default_scope')) as registry:
+                function = registry.get(function)
+        try:
+            inspect.signature(function).bind_partial(**collate)
+        except TypeError as e:
+            pytest.fail(f'{split}_dataloader.collate_fn: {e} (keys {sorted(collate)})')

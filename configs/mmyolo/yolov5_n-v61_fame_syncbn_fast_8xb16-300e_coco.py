@@ -23,6 +23,10 @@ optim_wrapper = dict(
 
 default_hooks = dict(param_scheduler=dict(warmup_bias_lr=0.0))
 
+# mmengine adds `_scope_` to every typed dict of an `mmyolo::` base, and its Runner passes the rest
+# of the collate dict to the function as keywords: redefined here, yolov5_collate gets none.
+train_dataloader = dict(collate_fn=dict(_delete_=True, type='yolov5_collate'))
+
 # Checkpoint on a cluster's stop signal and resume under torch >= 2.6, with any train.py (this
 # repository's, mmdet's or mmseg's own, `mim train`): docs/openmmlab.md.
 custom_hooks = _base_.custom_hooks + [
