@@ -17,6 +17,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from mmfame.optim.fame import FAME
+
 MMENGINE_ZERO_TYPES = ('ZeroRedundancyOptimizer', 'mmengine.ZeroRedundancyOptimizer')
 MMFAME_ZERO_TYPE = 'mmfame.ZeroRedundancyOptimizer'
 ZERO_TYPES = (*MMENGINE_ZERO_TYPES, MMFAME_ZERO_TYPE)
@@ -30,16 +32,23 @@ def zero_inner_type(optimizer_cfg: dict) -> Optional[str]:
     return optimizer_cfg.get('optimizer_type')
 
 
+def optimizer_class(optimizer_type) -> Optional[type]:
+    """The class a ZeRO ``optimizer_type`` names: ``'FAME'`` or a ``torch.optim`` optimizer;
+    else None."""
+    if optimizer_type == 'FAME':
+        return FAME
+    found = getattr(torch.optim, optimizer_type, None) if isinstance(optimizer_type, str) else None
+    return found if isinstance(found, type) and issubclass(found, torch.optim.Optimizer) else None
+
+
 def check_zero_cfg(optimizer_cfg: dict, where: str = 'optim_wrapper.optimizer') -> None:
     """Refuse a ZeRO config whose ``optimizer_type`` is neither FAME nor a torch.optim class."""
     if optimizer_cfg.get('type') not in ZERO_TYPES:
         return
     name = optimizer_cfg.get('optimizer_type')
-    if name == 'FAME' or isinstance(name, str) and isinstance(getattr(torch.optim, name, None),
-                                                              type):
+    if optimizer_class(name) is not None:
         return
-    names = ['FAME'] + [n for n in dir(torch.optim) if isinstance(getattr(torch.optim, n), type)
-                        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)]
+    names = [n for n in ['FAME', *dir(torch.optim)] if optimizer_class(n) is not None]
     lower = {n.lower(): n for n in names}
     hint = [lower[n] for n in difflib.get_close_matches(str(name).lower(), lower, n=1)]
     raise ValueError(
@@ -86,13 +95,9 @@ def fsdp_clip_func(model: nn.Module) -> Optional[Callable]:
     return clip_grad_norm_
 
 
-def asks_for_zero(optim_wrapper) -> bool:
-    """Whether a runner's ``optim_wrapper`` (a config or a built wrapper) uses ZeRO-1."""
+def asks_for_zero(optim_wrapper_cfg: dict) -> bool:
+    """Whether an ``optim_wrapper`` config's optimizer is ZeRO-1 (by name or by class)."""
     from torch.distributed.optim import ZeroRedundancyOptimizer
-    optimizer = (optim_wrapper.get('optimizer') if isinstance(optim_wrapper, dict)
-                 else getattr(optim_wrapper, 'optimizer', None))
-    if isinstance(optimizer, dict):
-        kind = optimizer.get('type')
-        return kind in ZERO_TYPES or (isinstance(kind, type)
-                                      and issubclass(kind, ZeroRedundancyOptimizer))
-    return isinstance(optimizer, ZeroRedundancyOptimizer)
+    kind = (optim_wrapper_cfg.get('optimizer') or {}).get('type')
+    return kind in ZERO_TYPES or (isinstance(kind, type)
+                                  and issubclass(kind, ZeroRedundancyOptimizer))

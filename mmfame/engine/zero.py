@@ -21,20 +21,13 @@ from mmengine.optim import ZeroRedundancyOptimizer as MMEngineZeroRedundancyOpti
 from mmfame.optim.fame import FAME, check_arguments
 
 from ..registry import HOOKS, OPTIMIZERS
+from .sharding import optimizer_class
 
 __all__ = ['ZeroCheckpointHook', 'ZeroRedundancyOptimizer']
 
 _HOOKED = '_mmfame_zero_hook'  # set on the optimizer by the hook
 _OWN_ARGUMENTS = ('process_group', 'parameters_as_bucket_view', 'overlap_with_ddp')
 HOOK_FIX = "custom_hooks=[dict(type='mmfame.ZeroCheckpointHook')]"
-
-
-def optimizer_class(optimizer_type):
-    """The class ``optimizer_type`` names: ``'FAME'`` or a ``torch.optim`` optimizer; else None."""
-    if optimizer_type == 'FAME':
-        return FAME
-    found = getattr(torch.optim, optimizer_type, None) if isinstance(optimizer_type, str) else None
-    return found if isinstance(found, type) and issubclass(found, torch.optim.Optimizer) else None
 
 
 @OPTIMIZERS.register_module()

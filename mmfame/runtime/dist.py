@@ -52,12 +52,9 @@ CPU_FSDP_TYPE = 'mmfame.MMFameCPUFSDP'
 _DDP_TYPES = ('MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
 _FSDP_TYPES = ('MMFullyShardedDataParallel', 'mmengine.MMFullyShardedDataParallel')
 # FlexibleRunner strategies: their default wrapper, and the CPU builder that replaces it.
+# (mmfame's resumable strategies of the same names wrap alike.)
 _STRATEGY_WRAPPERS = {'DDPStrategy': ('MMDistributedDataParallel', _DDP_TYPES, CPU_DDP_TYPE),
-                      'FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES, CPU_FSDP_TYPE),
-                      'mmfame.DDPStrategy': ('MMDistributedDataParallel', _DDP_TYPES,
-                                             CPU_DDP_TYPE),
-                      'mmfame.FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES,
-                                              CPU_FSDP_TYPE)}
+                      'FSDPStrategy': ('MMFullyShardedDataParallel', _FSDP_TYPES, CPU_FSDP_TYPE)}
 
 
 def cuda_available() -> bool:
@@ -183,9 +180,11 @@ def setup_cpu_distributed(cfg) -> bool:
 def _adapt_strategy(strategy) -> None:
     """A FlexibleRunner ``strategy`` dict: its DDP/FSDP model wrapper becomes the CPU builder."""
     name = strategy.get('type')
+    if isinstance(name, str) and name.startswith('mmfame.'):
+        name = name[len('mmfame.'):]
     if name not in _STRATEGY_WRAPPERS:
         return
-    if 'FSDPStrategy' in name and TORCH_VERSION < (2, 2):
+    if name == 'FSDPStrategy' and TORCH_VERSION < (2, 2):
         raise RuntimeError(
             f"FSDPStrategy without CUDA needs a newer torch than {torch.__version__}: its FSDP "
             "creates CUDA streams (tested on CPU: torch 2.13). Use DDP or ZeRO-1 there: "
@@ -193,12 +192,12 @@ def _adapt_strategy(strategy) -> None:
     default, types, cpu_type = _STRATEGY_WRAPPERS[name]
     if strategy.get('model_wrapper') is None:
         strategy['model_wrapper'] = dict(type=default)
-        if 'DDPStrategy' in name:  # DDPStrategy's own default
+        if name == 'DDPStrategy':  # DDPStrategy's own default
             strategy['model_wrapper']['broadcast_buffers'] = False
     wrapper = strategy['model_wrapper']
     if wrapper.get('type', default) in types:
         wrapper['type'] = cpu_type
-    if 'FSDPStrategy' in name and strategy.get('state_dict_cfg') == 'full':
+    if name == 'FSDPStrategy' and strategy.get('state_dict_cfg') == 'full':
         strategy['state_dict_cfg'] = dict(
             state_dict_type='FULL_STATE_DICT',
             state_dict_config=dict(type='FullStateDictConfig', rank0_only=True,

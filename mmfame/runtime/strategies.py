@@ -19,9 +19,8 @@ from .checkpoint import checkpoint_allowlist
 __all__ = ['DDPStrategy', 'FSDPStrategy', 'RESUMABLE']
 
 
-@STRATEGIES.register_module()
-class DDPStrategy(MMEngineDDPStrategy):
-    """mmengine's DDPStrategy whose checkpoints load under torch >= 2.6."""
+class _LoadsWithAllowlist:
+    """A strategy whose ``load_checkpoint`` (resume and ``load_from``) runs in the allowlist."""
 
     def load_checkpoint(self, filename: str, **kwargs) -> dict:
         with checkpoint_allowlist():
@@ -29,17 +28,18 @@ class DDPStrategy(MMEngineDDPStrategy):
 
 
 @STRATEGIES.register_module()
-class FSDPStrategy(MMEngineFSDPStrategy):
+class DDPStrategy(_LoadsWithAllowlist, MMEngineDDPStrategy):
+    """mmengine's DDPStrategy whose checkpoints load under torch >= 2.6."""
+
+
+@STRATEGIES.register_module()
+class FSDPStrategy(_LoadsWithAllowlist, MMEngineFSDPStrategy):
     """mmengine's FSDPStrategy whose resume works on torch >= 2.1 and loads under >= 2.6."""
 
     def load_optim_state_dict(self, state_dict: dict) -> None:
         optim_state_dict = FSDP.optim_state_dict_to_load(
             model=self.model, optim=self.optim_wrapper.optimizer, optim_state_dict=state_dict)
         self.optim_wrapper.load_state_dict(optim_state_dict)
-
-    def load_checkpoint(self, filename: str, **kwargs) -> dict:
-        with checkpoint_allowlist():
-            return super().load_checkpoint(filename, **kwargs)
 
 
 # mmengine's strategy types and mmfame's resumable ones (tools/train.py swaps them)
