@@ -4,8 +4,9 @@
 #   default   every test: the quick tier and the end-to-end tier (-m slow)
 #   newest    the quick tier and the end-to-end smoke (it has no OpenMMLab stack: the smoke
 #             skips there, saying so)
-#   torch2.1  the quick tier and the end-to-end smoke: a detector and a segmentor trained,
-#             tested and resumed through tools/ (-m smoke)
+#   torch2.1  the quick tier and the end-to-end smoke: a detector, a segmentor and mmyolo's
+#             YOLOv5-n trained, tested and resumed through tools/ (-m smoke; mmyolo 0.6.0
+#             imports only with this stack's mmcv 2.0.1)
 # The quick tier alone, to check a change: .venv/bin/python -m pytest tests -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
