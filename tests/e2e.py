@@ -1,10 +1,12 @@
 """Shared pieces of the end-to-end tests of tools/ (test_tools.py, test_reproduce.py): the
 interpreter and environment the tool scripts run with, tiny-run ``--cfg-options`` for the demo
 configs, and how the private Slurm of tests/slurm is started (the fixtures are in conftest.py)."""
+import glob
 import json
 import os
 import os.path as osp
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(REPO, 'tests')
@@ -196,3 +199,97 @@ def slurm_mode():
         return 'installed'
     return ('Slurm (slurmctld, slurmd) is not installed' if root else 'a private Slurm needs root'
             ) + ', and tests/slurm/start.sh installs Slurm and munge only under CI=true'
+
+
+# ------------------------------------------------- what the end-to-end runs leave, compared
+def load_trusted(path):
+    """A checkpoint the tests wrote (trusted: no allowlist needed in the test process)."""
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def last_log(work_dir):
+    logs = sorted(glob.glob(osp.join(work_dir, '*', '*.log')))
+    assert logs, f'no log under {work_dir}'
+    with open(logs[-1]) as f:
+        return f.read()
+
+
+def signalled_run(cmd, env, work, ranks, send):
+    """Run ``cmd`` (paused after iteration MMFAME_PAUSE_AT by PauseAtHook), call ``send`` with
+    the pids of its ranks once all wait there, let the ranks that got no signal go on; returns
+    (exit status, output)."""
+    log = osp.join(osp.dirname(work), osp.basename(work) + '.log')
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    paused = [osp.join(work, f'paused_rank{r}') for r in range(ranks)]
+    try:
+        wait_for(lambda: all(map(osp.exists, paused)) or proc.poll() is not None, 600,
+                 'the ranks to pause')
+        assert proc.poll() is None, open(log).read()[-3000:]
+        send([int(open(p).read()) for p in paused])
+        time.sleep(2)
+        open(osp.join(work, 'go'), 'w').close()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, open(log).read()
+
+
+def assert_preempted_at(work, iteration, out, ranks=1):
+    """What the stop left: the checkpoint of the iteration in flight, named in last_checkpoint,
+    no partial file, the record the engine reads; every hook's after_train and after_run ran, as
+    at the end of a run (EndsHook)."""
+    assert 'exiting with 75' in out, out[-3000:]
+    for rank in range(ranks):
+        with open(osp.join(work, f'ends_rank{rank}')) as f:
+            assert f.read().split() == ['after_train', 'after_run'], rank
+    path = osp.join(work, f'iter_{iteration}.pth')
+    assert open(osp.join(work, 'last_checkpoint')).read() == path
+    assert load_trusted(path)['meta']['iter'] == iteration
+    assert not glob.glob(osp.join(work, '.*.part'))
+    with open(osp.join(work, 'preempted.json')) as f:
+        assert json.load(f)['iter'] == iteration
+
+
+def assert_same_checkpoint(full_path, resumed_path):
+    """Weights, FAME state, param groups, schedulers and the EMA model (where an EMAHook saved
+    one) of two Runner checkpoints are equal."""
+    full, resumed = load_trusted(full_path), load_trusted(resumed_path)
+    assert full['meta']['iter'] == resumed['meta']['iter']
+
+    w_full, w_res = full['state_dict'], resumed['state_dict']
+    assert w_full.keys() == w_res.keys()
+    diff = [k for k in w_full if not torch.equal(w_full[k], w_res[k])]
+    assert not diff, f'weights differ after resume: {diff[:5]}'
+
+    o_full, o_res = full['optimizer'], resumed['optimizer']
+    assert o_full['state'].keys() == o_res['state'].keys()
+    for idx, s_full in o_full['state'].items():
+        s_res = o_res['state'][idx]
+        assert s_full.keys() == s_res.keys()
+        assert {'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq', 'step'} <= s_full.keys()
+        for key in s_full:
+            assert torch.equal(torch.as_tensor(s_full[key]), torch.as_tensor(s_res[key])), \
+                (idx, key)
+    groups_full = [{k: v for k, v in g.items() if k != 'params'} for g in o_full['param_groups']]
+    groups_res = [{k: v for k, v in g.items() if k != 'params'} for g in o_res['param_groups']]
+    assert groups_full == groups_res
+    assert full.get('param_schedulers') == resumed.get('param_schedulers')
+    assert full.keys() == resumed.keys()
+    if 'ema_state_dict' in full:  # mmengine's EMAHook: the averaged model and its step count
+        ema_full, ema_res = full['ema_state_dict'], resumed['ema_state_dict']
+        assert ema_full.keys() == ema_res.keys()
+        diff = [k for k in ema_full if not torch.equal(ema_full[k], ema_res[k])]
+        assert not diff, f'EMA weights differ after resume: {diff[:5]}'
+
+
+def upstream_tool(package, name):
+    """mmdet's/mmseg's own packaged tools/<name>.py: what `mim train/test <package>` runs."""
+    path = osp.join(osp.dirname(__import__(package).__file__), '.mim', 'tools', f'{name}.py')
+    assert osp.isfile(path), f'{package} has no packaged {name}.py at {path}'
+    return path
+
+
+MIM = osp.join(osp.dirname(PY), 'mim')

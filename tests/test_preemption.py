@@ -1,16 +1,20 @@
 """PreemptionHook's signal handling: copies of one preemption are one, a deliberate repeat stops
 at once through the handler it replaced, the handler installed before it hears every signal, and
-it stays out of threads that cannot take signals.
-The saves, the agreement across ranks and the resumes run end to end in test_tools.py."""
+it stays out of threads that cannot take signals; the random states it saves read back with
+``weights_only=True`` and draw again what they drew. The saves, the agreement across ranks and the resumes run end to end in test_tools.py."""
+import io
 import os
+import random
 import signal
 import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
-from mmfame.runtime import PreemptionHook
+from mmfame.runtime import PreemptionHook, random_state
 
 RUNNER = SimpleNamespace(iter=0, val_loop=None)
 
@@ -75,3 +79,20 @@ def test_outside_the_main_thread_no_handler_is_installed(previous):
 def test_bad_arguments_are_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         PreemptionHook(**kwargs)
+
+
+def test_random_states_read_back_weights_only_and_draw_the_same():
+    def draws():
+        return random.random(), float(np.random.rand()), np.random.randn(), torch.rand(3).tolist()
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    draws()
+    np.random.randn()  # a cached Gaussian is part of NumPy's state
+    buf = io.BytesIO()
+    torch.save(dict(meta=dict(random_states=[random_state.capture()])), buf)
+    want = draws()
+    buf.seek(0)
+    states = torch.load(buf, weights_only=True)['meta']['random_states']
+    random_state.restore(states[0])
+    assert draws() == want
+

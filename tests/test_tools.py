@@ -41,9 +41,10 @@ pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 pytest.importorskip('mmseg', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
 
 import torch  # noqa: E402
-from e2e import (DET_CFG, PY, REPO, SEG_CFG, SLURM_DIR, TESTS, TOOL_TIMEOUT, N,  # noqa: E402
-                 cfg_options, free_port, rank_config, rank_env, rank_reports, run_tool,
-                 slurm_env, slurm_mode, tool_env, wait_for)
+from e2e import (DET_CFG, MIM, PY, REPO, SEG_CFG, SLURM_DIR, TESTS, TOOL_TIMEOUT, N,  # noqa: E402
+                 assert_preempted_at, assert_same_checkpoint, cfg_options, free_port, last_log,
+                 load_trusted, rank_config, rank_env, rank_reports, run_tool, signalled_run,
+                 slurm_env, slurm_mode, tool_env, upstream_tool, wait_for)
 from mmengine.config import Config  # noqa: E402
 
 TOOLS = osp.join(REPO, 'tools')
@@ -61,18 +62,6 @@ def _need(cfg):
 @pytest.mark.parametrize('cfg', [DET_CFG, SEG_CFG], ids=osp.basename)
 def test_demo_configs_exist(cfg):
     _need(cfg)
-
-
-def _load(path):
-    # test-written, trusted files: no allowlist needed in the test process
-    return torch.load(path, map_location='cpu', weights_only=False)
-
-
-def _last_log(work_dir):
-    logs = sorted(glob.glob(osp.join(work_dir, '*', '*.log')))
-    assert logs, f'no log under {work_dir}'
-    with open(logs[-1]) as f:
-        return f.read()
 
 
 @pytest.fixture(scope='module')
@@ -122,11 +111,11 @@ def test_train_detection(det_run):
     work = det_run['work_dir']
     assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
     assert osp.isfile(osp.join(work, f'iter_{2 * N}.pth'))
-    log = _last_log(work)
+    log = last_log(work)
     assert f'Iter(train) [{2 * N}/{2 * N}]' in log
     assert "type='FAME'" in log
     assert 'coco/bbox_mAP' in log  # validation at the end
-    ckpt = _load(osp.join(work, f'iter_{2 * N}.pth'))
+    ckpt = load_trusted(osp.join(work, f'iter_{2 * N}.pth'))
     state = ckpt['optimizer']['state']
     assert state and all({'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq', 'step'} <= set(s)
                          for s in state.values())
@@ -154,7 +143,7 @@ def test_test_detection(det_run, demo_data, tmp_path):
 @pytest.mark.smoke
 def test_train_segmentation(seg_run):
     work = seg_run['work_dir']
-    log = _last_log(work)
+    log = last_log(work)
     assert f'Iter(train) [{2 * N}/{2 * N}]' in log and "type='FAME'" in log
     assert 'mIoU' in log and 'aAcc' in log
     assert osp.isfile(osp.join(work, f'iter_{N}.pth'))
@@ -207,11 +196,11 @@ def test_train_yolox_tiny_with_its_recipe(demo_data, tmp_path):
         """))
     work = str(tmp_path / 'work')
     out = run_tool([PY, 'tools/train.py', str(cfg), '--work-dir', work])
-    log = _last_log(work)
+    log = last_log(work)
     assert 'Epoch(train) [1][4/4]' in log and "type='FAME'" in log and 'coco/bbox_mAP' in log
     for hook in ('YOLOXModeSwitchHook', 'SyncNormHook', 'EMAHook', 'PreemptionHook'):
         assert hook in out, hook
-    ckpt = _load(osp.join(work, 'epoch_1.pth'))
+    ckpt = load_trusted(osp.join(work, 'epoch_1.pth'))
     state = ckpt['optimizer']['state']
     assert state and all(float(s['step']) == 4 for s in state.values())
     lrs = {g['lr'] for g in ckpt['optimizer']['param_groups']}
@@ -358,45 +347,6 @@ def paused_config(path, text=''):
     return str(path)
 
 
-def signalled_run(cmd, env, work, ranks, send):
-    """Run ``cmd`` (paused after iteration MMFAME_PAUSE_AT by PauseAtHook), call ``send`` with
-    the pids of its ranks once all wait there, let the ranks that got no signal go on; returns
-    (exit status, output)."""
-    log = osp.join(osp.dirname(work), osp.basename(work) + '.log')
-    with open(log, 'w') as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    paused = [osp.join(work, f'paused_rank{r}') for r in range(ranks)]
-    try:
-        wait_for(lambda: all(map(osp.exists, paused)) or proc.poll() is not None, 600,
-                 'the ranks to pause')
-        assert proc.poll() is None, open(log).read()[-3000:]
-        send([int(open(p).read()) for p in paused])
-        time.sleep(2)
-        open(osp.join(work, 'go'), 'w').close()
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, open(log).read()
-
-
-def assert_preempted_at(work, iteration, out, ranks=1):
-    """What the stop left: the checkpoint of the iteration in flight, named in last_checkpoint,
-    no partial file, the record the engine reads; every hook's after_train and after_run ran, as
-    at the end of a run (EndsHook)."""
-    assert 'exiting with 75' in out, out[-3000:]
-    for rank in range(ranks):
-        with open(osp.join(work, f'ends_rank{rank}')) as f:
-            assert f.read().split() == ['after_train', 'after_run'], rank
-    path = osp.join(work, f'iter_{iteration}.pth')
-    assert open(osp.join(work, 'last_checkpoint')).read() == path
-    assert _load(path)['meta']['iter'] == iteration
-    assert not glob.glob(osp.join(work, '.*.part'))
-    with open(osp.join(work, 'preempted.json')) as f:
-        assert json.load(f)['iter'] == iteration
-
-
 EPOCH_BASED = """\
 train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=2, val_interval=2)
 train_dataloader = dict(sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True))
@@ -423,16 +373,13 @@ def test_a_preempted_run_saves_at_the_signal_and_resumes_exactly(case, det_run, 
                                                                  tmp_path):
     """SIGTERM/SIGUSR1 mid-interval: tools/train.py saves the iteration in flight and exits 75;
     --resume ends with the weights and FAME state of the uninterrupted run. The epoch-based run
-    (4 batches an epoch, AspectRatioBatchSampler, shuffled) stops inside its second epoch and
-    resumes there, without its random flip (mmengine reseeds on resume: a flip could differ)."""
+    (4 batches an epoch, AspectRatioBatchSampler, shuffled, random flips) stops inside its second
+    epoch and resumes there, drawing the flips the uninterrupted run drew."""
     text, iters, stop, sig, final = PREEMPTIONS[case]
     cfg = paused_config(tmp_path / 'paused.py', text)
     options = cfg_options(cfg, demo_data, max_iters=iters, ckpt_interval=N, size=64)
     if text:  # the loop, schedule and checkpoints are the config's own
         options = [o for o in options if not o.startswith(('train_cfg.', 'default_hooks.chec'))]
-        flip = [i for i, t in enumerate(Config.fromfile(DET_CFG).train_pipeline)
-                if t['type'] == 'RandomFlip'][0]
-        options.append(f'train_dataloader.dataset.pipeline.{flip}.prob=0.0')
         reference = str(tmp_path / 'uninterrupted')
         run_tool([PY, 'tools/train.py', cfg, '--work-dir', reference] + options,
                  env=rank_env())
@@ -451,6 +398,7 @@ def test_a_preempted_run_saves_at_the_signal_and_resumes_exactly(case, det_run, 
     assert f'resumed epoch: {stop // 4 if text else 0}, iter: {stop}' in out
     if text:
         assert f'Resuming epoch 2 after its first {stop - 4} batches' in out
+        assert "Resuming the random states of the stopped run's 1 rank(s)." in out
     assert_same_checkpoint(osp.join(reference, final), osp.join(work, final))
 
 
@@ -470,7 +418,7 @@ def test_a_preemption_during_validation_saves_and_validates_again_on_resume(det_
     assert rc == 75, out[-3000:]
     assert f'Preempted during validation: saved {work}/iter_{N}.pth' in out, out[-3000:]
     assert_preempted_at(work, N, out)
-    assert _load(osp.join(work, f'iter_{N}.pth'))['meta']['validate_first'] is True
+    assert load_trusted(osp.join(work, f'iter_{N}.pth'))['meta']['validate_first'] is True
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options,
                    env=rank_env())
     resumed = out.index(f'resumed epoch: 0, iter: {N}')
@@ -497,8 +445,11 @@ def test_a_resume_with_other_ranks_and_batch_trains_each_sample_once(demo_data, 
         lambda pids: os.kill(pids[0], signal.SIGTERM))
     assert rc != 0, out[-3000:]
     assert_preempted_at(work, 3, out, ranks=2)
+    states = load_trusted(osp.join(work, 'iter_3.pth'))['meta']['random_states']
+    assert len(states) == 2  # each rank's, gathered for rank 0's save
     out = run_tool([PY, 'tools/train.py', cfg, '--work-dir', work, '--resume'] + options
                    + ['train_dataloader.batch_size=3'], env=rank_env())
+    assert 'the checkpoint holds the random states of 2 rank(s), this run has 1' in out
     assert 'Resuming epoch 2 with another layout: the stopped run trained 4 of its 8 samples ' \
         'on 2 ranks x batch 2' in out and 'this run trains the other 4 on 1 rank x batch 3' \
         in out, out[-3000:]
@@ -625,42 +576,7 @@ def test_a_requeued_slurm_job_resumes_by_itself(case, slurm_cluster, ddp_run, de
                            osp.join(work, f'iter_{2 * N}.pth'))
 
 
-def assert_same_checkpoint(full_path, resumed_path):
-    """Weights, FAME state, param groups and schedulers of two Runner checkpoints are equal."""
-    full, resumed = _load(full_path), _load(resumed_path)
-    assert full['meta']['iter'] == resumed['meta']['iter']
-
-    w_full, w_res = full['state_dict'], resumed['state_dict']
-    assert w_full.keys() == w_res.keys()
-    diff = [k for k in w_full if not torch.equal(w_full[k], w_res[k])]
-    assert not diff, f'weights differ after resume: {diff[:5]}'
-
-    o_full, o_res = full['optimizer'], resumed['optimizer']
-    assert o_full['state'].keys() == o_res['state'].keys()
-    for idx, s_full in o_full['state'].items():
-        s_res = o_res['state'][idx]
-        assert s_full.keys() == s_res.keys()
-        assert {'exp_avg', 'exp_avg_2', 'exp_avg_3', 'exp_avg_sq', 'step'} <= s_full.keys()
-        for key in s_full:
-            assert torch.equal(torch.as_tensor(s_full[key]), torch.as_tensor(s_res[key])), \
-                (idx, key)
-    groups_full = [{k: v for k, v in g.items() if k != 'params'} for g in o_full['param_groups']]
-    groups_res = [{k: v for k, v in g.items() if k != 'params'} for g in o_res['param_groups']]
-    assert groups_full == groups_res
-    assert full['param_schedulers'] == resumed['param_schedulers']
-
-
 # ------------------------------------------------------------------------------ upstream tools
-def upstream_tool(package, name):
-    """mmdet's/mmseg's own packaged tools/<name>.py: what `mim train/test <package>` runs."""
-    path = osp.join(osp.dirname(__import__(package).__file__), '.mim', 'tools', f'{name}.py')
-    assert osp.isfile(path), f'{package} has no packaged {name}.py at {path}'
-    return path
-
-
-MIM = osp.join(osp.dirname(PY), 'mim')
-
-
 @pytest.mark.slow
 def test_upstream_mim_train_checkpoints_on_sigterm_and_resumes_bit_identically(det_run, demo_data,
                                                                                tmp_path):
@@ -712,7 +628,7 @@ def test_upstream_mmseg_tools_resume_bit_identically_and_test(seg_run, demo_data
 # ------------------------------------------------------------------------------ launchers
 @pytest.mark.slow
 def test_dist_train_two_processes(ddp_run):
-    log = _last_log(ddp_run['work_dir'])
+    log = last_log(ddp_run['work_dir'])
     assert 'Distributed launcher: pytorch' in log and 'GPU number: 2' in log
     ranks = rank_reports(ddp_run['work_dir'], 2)
     assert {r['wrapper'] for r in ranks} == {'MMDistributedDataParallel'}
@@ -743,7 +659,7 @@ def test_slurm_train_equals_one_node(layout, slurm_cluster, demo_data, ddp_run, 
            'mmfame-test', cfg, work] + cfg_options(
                cfg, demo_data, max_iters=2 * N, ckpt_interval=N, size=64)
     run_tool(cmd, env=env, timeout=700)
-    log = _last_log(work)
+    log = last_log(work)
     assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log
     ranks = rank_reports(work, 2)
     assert {r['wrapper'] for r in ranks} == {'MMDistributedDataParallel'}
@@ -764,7 +680,7 @@ def test_dist_test_two_processes(det_run, demo_data, tmp_path):
                         cfg, demo_data, max_iters=1, ckpt_interval=1, size=64),
                    env=tool_env(PORT=free_port()))
     assert 'coco/bbox_mAP' in out
-    assert 'Distributed launcher: pytorch' in _last_log(str(tmp_path / 'test'))
+    assert 'Distributed launcher: pytorch' in last_log(str(tmp_path / 'test'))
 
 
 def _processes_with(marker):

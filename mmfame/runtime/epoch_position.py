@@ -64,14 +64,17 @@ class _Indices(Sampler):
 
 
 class _SkipBatches:
-    """The batches of ``batch_sampler`` from the ``skip``-th on."""
+    """The batches of ``batch_sampler`` from the ``skip``-th on; ``first`` is called as the first
+    one is drawn (after the DataLoader drew its base seed from torch's random state)."""
 
-    def __init__(self, batch_sampler, skip: int):
-        self.batch_sampler, self.skip = batch_sampler, skip
+    def __init__(self, batch_sampler, skip: int, first=None):
+        self.batch_sampler, self.skip, self.first = batch_sampler, skip, first
         self.sampler = getattr(batch_sampler, 'sampler', None)
 
     def __iter__(self):
-        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+        if self.first is not None:
+            self.first()
+        yield from itertools.islice(iter(self.batch_sampler), self.skip, None)
 
     def __len__(self):
         return max(0, len(self.batch_sampler) - self.skip)
@@ -158,9 +161,10 @@ def _why_not_redealt(position: dict, layout: dict, batch_sampler_cls) -> Optiona
     return None
 
 
-def resumed_loader(position: dict, loader: DataLoader, world_size: int, rank: int):
+def resumed_loader(position: dict, loader: DataLoader, world_size: int, rank: int, first=None):
     """(loader for the rest of ``position``'s epoch on this rank, the position its batches
     continue counting (``batches`` = how many of them are done), what it does, in words).
+    ``first`` is called as the loader draws its first batch.
 
     Raises RuntimeError, naming both layouts and the choices, where it cannot be done exactly.
     """
@@ -168,7 +172,7 @@ def resumed_loader(position: dict, loader: DataLoader, world_size: int, rank: in
     cls = type(loader.batch_sampler)
     done, epoch = position['batches'], position['epoch']
     if not position.get('before') and _same(layout, position['layout'], SHAPE + ORDER):
-        return (_loader_with(loader, _SkipBatches(loader.batch_sampler, done)),
+        return (_loader_with(loader, _SkipBatches(loader.batch_sampler, done, first)),
                 dict(position),
                 f'Resuming epoch {epoch + 1} after its first {done} batches, which the stopped '
                 'run trained on.')
@@ -190,7 +194,7 @@ def resumed_loader(position: dict, loader: DataLoader, world_size: int, rank: in
     batches = _rank_batches(layout, order, rank, loader.dataset, cls)
     total = len(order)
     seen = len(trained_samples(segment['before'], loader.dataset, cls))
-    return (_loader_with(loader, _SkipBatches(batches, done)), segment,
+    return (_loader_with(loader, _SkipBatches(batches, done, first)), segment,
             f'Resuming epoch {epoch + 1} with another layout: the stopped run trained {seen} of '
             f"its {layout['dataset_len']} samples on {layout_text(segment['before']['layout'])}; "
             f'this run trains the other {total} on {layout_text(layout)}, '

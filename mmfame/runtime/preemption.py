@@ -18,8 +18,11 @@ hook's are called too (as PyTorch Lightning's signal connector does).
 A checkpoint saved during a validation resumes by running that validation first. One saved
 inside an epoch resumes inside it, by the position it records (``epoch_position.py``): the
 batches the stopped run trained are skipped by index, or, with another world size or batch
-size, the epoch's other samples are dealt to the new ranks. Random augmentation draws are not
-replayed: with workers they cannot be, so a resumed epoch sees the same images with fresh draws.
+size, the epoch's other samples are dealt to the new ranks. Each rank's random states are saved
+with an epoch-based run's checkpoints and restored where the same number of ranks resumes it, as
+its first batch is drawn: with no data loader workers, a resumed run draws the augmentations the
+stopped run would have (workers reseed themselves from mmengine's seed: theirs start again).
+Iteration-based loops replay their data iterator from the seed instead (mmengine's own resume).
 """
 import json
 import logging
@@ -31,7 +34,7 @@ import threading
 import time
 
 import torch
-from mmengine.dist import all_reduce, barrier, get_dist_info, is_main_process
+from mmengine.dist import all_gather_object, all_reduce, barrier, get_dist_info, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop
@@ -39,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from mmfame.registry import HOOKS
 
+from . import random_state
 from .epoch_position import describe_layout, resumed_loader
 from .fileio import ATOMIC_BACKEND
 from .protocol import PREEMPTED_EXIT, PREEMPTION_RECORD, write_atomic
@@ -48,6 +52,7 @@ __all__ = ['PREEMPTED_EXIT', 'PREEMPTION_RECORD', 'Preempted', 'PreemptionHook']
 SIGNALS = ('SIGTERM', 'SIGUSR1')
 POSITION = 'epoch_position'  # checkpoint meta: where inside its epoch (epoch_position.py)
 VALIDATE_FIRST = 'validate_first'  # checkpoint meta: stopped during the validation after it
+RANDOM_STATES = 'random_states'  # checkpoint meta: each rank's (random_state.py), epoch-based
 
 
 class Preempted(SystemExit):
@@ -93,6 +98,7 @@ class PreemptionHook(Hook):
         self._start_iter = 0  # runner.iter at the segment's first batch
         self._resumed = None  # the meta of the checkpoint loaded, until training starts
         self._val_checks = 0  # validation iterations on which every rank checks the signal
+        self._random_states = None  # (iteration, every rank's random states after it)
 
     # ------------------------------------------------------------------ the signal
     def _handle(self, signum, frame):
@@ -162,14 +168,17 @@ class PreemptionHook(Hook):
                       'the epoch was counted in: taking it as this run\'s.', logger='current',
                       level=logging.WARNING)  # written by an earlier mmfame
             position = dict(layout=layout, epoch=runner.epoch, batches=skip, before=None)
+        restore = _restorer(meta.get(RANDOM_STATES), world_size, rank, loop.dataloader)
         if position is not None and position['epoch'] == runner.epoch:
             loader, self._segment, said = resumed_loader(position, loop.dataloader, world_size,
-                                                         rank)
+                                                         rank, first=restore)
             self._start_iter = runner.iter - self._segment['batches']
             print_log(said, logger='current')
             self._full_loader, loop.dataloader = loop.dataloader, loader
         else:
             self._segment = dict(layout=layout, epoch=runner.epoch, batches=0, before=None)
+            if restore is not None:
+                restore()  # before the loader draws its base seed, as the stopped run did
 
     def after_train_epoch(self, runner) -> None:
         self._segment = None
@@ -183,9 +192,23 @@ class PreemptionHook(Hook):
                                   batches=meta['iter'] - self._start_iter)  # inside the epoch
         if self._saving == 'val':
             meta[VALIDATE_FIRST] = True
+        if isinstance(getattr(runner, '_train_loop', None), EpochBasedTrainLoop):
+            if get_dist_info()[1] == 1:
+                meta[RANDOM_STATES] = [random_state.capture()]
+            elif self._random_states and self._random_states[0] == meta.get('iter'):
+                meta[RANDOM_STATES] = self._random_states[1]
+
+    def _gather_random_states(self, runner, step: int) -> None:
+        """Every rank's random states after ``step`` iterations, gathered where every rank is:
+        the Runner saves on rank 0 alone (``master_only``), with its hooks' additions."""
+        if get_dist_info()[1] > 1 and isinstance(runner.train_loop, EpochBasedTrainLoop):
+            self._random_states = (step, all_gather_object(random_state.capture()))
 
     # ------------------------------------------------------------------ stop and save
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        loop = runner.train_loop
+        if isinstance(loop, EpochBasedTrainLoop) and batch_idx == len(loop.dataloader) - 1:
+            self._gather_random_states(runner, runner.iter + 1)  # for the epoch's checkpoint
         if self._agreed():
             self._stop(runner, runner.iter + 1, 'train')
 
@@ -211,6 +234,7 @@ class PreemptionHook(Hook):
         ``during='val'``), record it, end the run as a finished one ends, and raise
         :class:`Preempted`."""
         self._saving = during
+        self._gather_random_states(runner, step)
         ckpt_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
         out_dir = getattr(ckpt_hook, 'out_dir', None) or runner.work_dir
         filename = f'iter_{step}.pth'
@@ -250,6 +274,28 @@ class PreemptionHook(Hook):
         flag = torch.tensor([int(self.received is not None)], dtype=torch.int32)
         all_reduce(flag, op='max')
         return bool(flag.item())
+
+
+def _restorer(states, world_size, rank, loader):
+    """What restores this rank's random states from a checkpoint's ``states`` (None: nothing
+    to restore, said why)."""
+    if not states:
+        return None
+    if len(states) != world_size:
+        print_log(f'resume: the checkpoint holds the random states of {len(states)} rank(s), '
+                  f'this run has {world_size}: augmentations are drawn from the seed instead, '
+                  'not as the stopped run would have.', logger='current', level=logging.WARNING)
+        return None
+    workers = getattr(loader, 'num_workers', 0)
+    print_log(f'Resuming the random states of the stopped run\'s {world_size} rank(s)'
+              + (f' (its {workers} data loader worker(s) reseed themselves)' if workers else '')
+              + '.', logger='current')
+    mine = [states[rank]]
+
+    def restore():  # once: the loader may be iterated again
+        if mine:
+            random_state.restore(mine.pop())
+    return restore
 
 
 def _config_path(runner):
