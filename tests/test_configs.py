@@ -298,6 +298,7 @@ def _mmyolo_or_skip():
 
 def test_mmyolo_recipes_are_shipped():
     assert [os.path.basename(p) for p in MMYOLO] == [
+        'yolov5_n-v61_fame_1xb8-30e_demo-coco.py',
         'yolov5_n-v61_fame_syncbn_fast_8xb16-300e_coco.py',
         'yolov5_s-v61_fame_syncbn_fast_8xb16-300e_coco.py']
 

@@ -45,6 +45,8 @@ SELECT_CASES = {  # id: (specs, configs that must be chosen, count or None)
     'path': ([COCO_RETINANET], [COCO_RETINANET], 1),
     'glob': (['*segformer*'], [ADE_SEGFORMER], None),
     'deduplicated': (['demo', DEMO[0]], DEMO, 2),
+    'mmyolo': (['mmyolo'], ['configs/mmyolo/yolov5_n-v61_fame_syncbn_fast_8xb16-300e_coco.py',
+                            'configs/mmyolo/yolov5_s-v61_fame_syncbn_fast_8xb16-300e_coco.py'], 2),
 }
 
 
@@ -570,7 +572,8 @@ def test_child_configs_of_the_settings(config, tmp_path):
     from mmfame.experiments.upstream import upstream_base
     shipped = Config.fromfile(osp.join(REPO, config), import_custom_modules=False)
     upstream = configs.load_config(upstream_base(osp.join(REPO, config)))
-    full = runs.Matrix([config], ['fame', 'baseline', 'adamw', 'fame-full'], [0])
+    sgd = 'sgd:momentum=0.937:nesterov=True:default_hooks.logger.interval=7:env_cfg.x.y=1'
+    full = runs.Matrix([config], ['fame', 'baseline', 'adamw', 'fame-full', sgd], [0])
     quick = runs.Matrix([config], ['fame', 'baseline'], [0], quick=40,
                         data_roots={'coco': '/d/coco', 'ade20k': '/d/ade'})
     fame = _child(runs.Run(config, 'fame', 0), full, tmp_path)
@@ -587,6 +590,13 @@ def test_child_configs_of_the_settings(config, tmp_path):
     assert adamw.get('paramwise_cfg') == shipped.optim_wrapper.get('paramwise_cfg')
     full_fame = _child(runs.Run(config, 'fame-full', 0), full, tmp_path).optim_wrapper.optimizer
     assert full_fame.sq_betas == (0.3, 0.7) and full_fame.type == 'FAME'
+    # dotted keys of a setting set the config, the others the optimizer
+    with_keys = _child(runs.Run(config, sgd, 0), full, tmp_path)
+    assert dict(with_keys.optim_wrapper.optimizer) == dict(
+        type='SGD', lr=0.01, momentum=0.937, weight_decay=1e-4, nesterov=True)
+    assert with_keys.default_hooks.logger.interval == 7
+    assert with_keys.default_hooks.checkpoint == shipped.default_hooks.checkpoint  # merged
+    assert with_keys.env_cfg.x.y == 1 and with_keys.env_cfg.dist_cfg == shipped.env_cfg.dist_cfg
     # the quick budget: 40 iterations whatever the schedule, checkpoints every 10, data moved
     for setting in ('fame', 'baseline'):
         cfg = _child(runs.Run(config, setting, 0), quick, tmp_path)

@@ -4,8 +4,10 @@ and the data root replaced).
 
 Settings (:data:`SETTINGS`, the one place they are defined; ``docs/results.md``'s table is
 :func:`settings_table`): ``lr``, weight decay, betas and eps come from the config's own optimizer
-unless a setting overrides them (``NAME:key=value``, values are Python literals); FAME's own
-decays are read from :class:`mmfame.FAME`'s defaults.
+unless a setting overrides them (``NAME:key=value``, values are Python literals; a dotted key
+sets that key of the run's config instead, as ``--cfg-options`` does:
+``sgd:momentum=0.937:default_hooks.param_scheduler.warmup_bias_lr=0.1``); FAME's own decays are
+read from :class:`mmfame.FAME`'s defaults.
 """
 import ast
 import difflib
@@ -23,6 +25,7 @@ GROUPS = {  # name -> glob of shipped configs (the demo group: the FAME configs,
     'coco': 'configs/coco/*.py',
     'ade20k': 'configs/ade20k/*.py',
     'demo': 'configs/demo/*_fame_*.py',
+    'mmyolo': 'configs/mmyolo/*_coco.py',  # the COCO recipes, not the demo-data one
 }
 B3, B4 = FAME_DEFAULTS['beta3'], FAME_DEFAULTS['beta4']
 
@@ -160,8 +163,22 @@ def optimizer_cfg(spec: str, base_optimizer: dict, lr: Optional[float] = None,
         raise ValueError(f'setting {name!r} does not replace the optimizer')
     else:
         cfg = SETTINGS[name].optimizer(common)
-    cfg.update(overrides)
+    cfg.update((k, v) for k, v in overrides.items() if '.' not in k)
     return dict(_delete_=True, **cfg)
+
+
+def setting_options(spec: str) -> dict:
+    """The config keys a setting's dotted overrides set, nested:
+    ``'sgd:a.b=1'`` -> ``{'a': {'b': 1}}``."""
+    nested = {}
+    for key, value in parse_setting(spec)[1].items():
+        if '.' in key:
+            *parents, leaf = key.split('.')
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return nested
 
 
 def settings_table() -> str:
@@ -225,6 +242,7 @@ def budget_lines(base_cfg, iters: int) -> List[str]:
 def child_config_text(base: str, base_cfg, optimizer: Optional[dict] = None,
                       iters: Optional[int] = None, checkpoint_interval: Optional[int] = None,
                       data_root: Optional[str] = None, imports: bool = True,
+                      options: Optional[dict] = None,
                       written_by: str = 'mmfame.experiments') -> str:
     """A child config of ``base`` (a path or an ``mmdet::``/``mmseg::`` name).
 
@@ -233,7 +251,8 @@ def child_config_text(base: str, base_cfg, optimizer: Optional[dict] = None,
     it); ``checkpoint_interval`` saves every
     that many iterations (keeping 2, the last always), ``0`` saves none (metrics are logged);
     ``data_root`` moves the dataloaders and evaluators; ``imports`` adds ``mmfame`` (and the
-    ablation optimizers where the optimizer needs them) to ``custom_imports``.
+    ablation optimizers where the optimizer needs them) to ``custom_imports``; ``options`` (nested
+    dicts, :func:`setting_options`) are merged into the config.
     """
     base = base if '::' in base else osp.abspath(base)
     lines = [f'# Written by {written_by}: the config below with only what follows replaced.',
@@ -246,7 +265,8 @@ def child_config_text(base: str, base_cfg, optimizer: Optional[dict] = None,
         lines.append(f'custom_imports = dict(imports={names!r}, allow_failed_imports=False)')
     if optimizer is not None:
         lines.append(f'optim_wrapper = dict(optimizer={optimizer!r})')
-    hooks = {}
+    options = dict(options or {})
+    hooks = dict(options.pop('default_hooks', {}))
     if iters is not None:
         lines.extend(budget_lines(base_cfg, iters))
         interval = base_cfg.get('default_hooks', {}).get('logger', {}).get('interval', 50)
@@ -259,6 +279,7 @@ def child_config_text(base: str, base_cfg, optimizer: Optional[dict] = None,
                                    interval=checkpoint_interval, max_keep_ckpts=2, save_last=True)
     if hooks:
         lines.append(f'default_hooks = {hooks!r}')
+    lines.extend(f'{key} = {value!r}' for key, value in options.items())
     if data_root is not None:
         lines.extend(_data_root_lines(base_cfg, data_root))
     return '\n'.join(lines) + '\n'

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from .configs import (REPO, child_config_text, config_stem, load_config, optimizer_cfg,
-                      parse_setting, run_name)
+                      parse_setting, run_name, setting_options)
 
 __all__ = ['DATASETS', 'Matrix', 'Run', 'child_path', 'child_text', 'prepare', 'run_dir',
            'write_json']
 
-DATASETS = {'mmdet': 'coco', 'mmseg': 'ade20k'}  # default_scope -> the --data-root key
+DATASETS = {'mmdet': 'coco', 'mmseg': 'ade20k', 'mmyolo': 'coco'}  # default_scope -> --data-root
 
 
 def write_json(path: str, obj) -> None:
@@ -59,8 +59,8 @@ class Matrix:
             parse_setting(spec)
         unknown = set(self.data_roots) - set(DATASETS.values())
         if unknown:
-            raise ValueError(f'--data-root takes {" and ".join(DATASETS.values())}=PATH, got '
-                             f'{", ".join(sorted(unknown))}')
+            known = ' and '.join(dict.fromkeys(DATASETS.values()))
+            raise ValueError(f'--data-root takes {known}=PATH, got {", ".join(sorted(unknown))}')
         if self.quick is not None and self.quick < 1:
             raise ValueError(f'--quick must be a positive number of iterations, got {self.quick}')
 
@@ -168,7 +168,7 @@ def child_text(run: Run, matrix: Matrix) -> str:
         base, base_cfg, optimizer=optimizer, iters=quick,
         checkpoint_interval=None if quick is None else max(1, quick // 4),
         data_root=matrix.data_roots.get(DATASETS.get(base_cfg.get('default_scope'))),
-        imports=name != 'baseline')
+        imports=name != 'baseline', options=setting_options(run.setting))
 
 
 def run_dir(work_dir: str, run: Run) -> str:
