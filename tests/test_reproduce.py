@@ -573,7 +573,8 @@ def test_child_configs_of_the_settings(config, tmp_path):
     shipped = Config.fromfile(osp.join(REPO, config), import_custom_modules=False)
     upstream = configs.load_config(upstream_base(osp.join(REPO, config)))
     sgd = 'sgd:momentum=0.937:nesterov=True:default_hooks.logger.interval=7:env_cfg.x.y=1'
-    full = runs.Matrix([config], ['fame', 'baseline', 'adamw', 'fame-full', sgd], [0])
+    full = runs.Matrix([config], ['fame', 'baseline', 'adamw', 'fame-full', sgd, 'yolov5-sgd'],
+                       [0])
     quick = runs.Matrix([config], ['fame', 'baseline'], [0], quick=40,
                         data_roots={'coco': '/d/coco', 'ade20k': '/d/ade'})
     fame = _child(runs.Run(config, 'fame', 0), full, tmp_path)
@@ -597,6 +598,10 @@ def test_child_configs_of_the_settings(config, tmp_path):
     assert with_keys.default_hooks.logger.interval == 7
     assert with_keys.default_hooks.checkpoint == shipped.default_hooks.checkpoint  # merged
     assert with_keys.env_cfg.x.y == 1 and with_keys.env_cfg.dist_cfg == shipped.env_cfg.dist_cfg
+    yolo = _child(runs.Run(config, 'yolov5-sgd', 0), full, tmp_path)  # a setting's own keys
+    assert dict(yolo.optim_wrapper.optimizer) == dict(
+        type='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4, nesterov=True)
+    assert yolo.default_hooks.param_scheduler.warmup_bias_lr == 0.1
     # the quick budget: 40 iterations whatever the schedule, checkpoints every 10, data moved
     for setting in ('fame', 'baseline'):
         cfg = _child(runs.Run(config, setting, 0), quick, tmp_path)

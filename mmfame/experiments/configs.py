@@ -10,6 +10,7 @@ sets that key of the run's config instead, as ``--cfg-options`` does:
 read from :class:`mmfame.FAME`'s defaults.
 """
 import ast
+import copy
 import difflib
 import fnmatch
 import glob
@@ -34,6 +35,7 @@ class Setting(NamedTuple):
     short: str  # the description in result tables
     doc: str  # the settings table's (docs/results.md)
     optimizer: Optional[Callable[[dict], dict]]  # the config's lr/betas/eps/wd -> optimizer dict
+    options: Optional[dict] = None  # other config keys the setting sets (nested dicts)
 
 
 SETTINGS = {
@@ -55,6 +57,14 @@ SETTINGS = {
                     'wd applied as **L2** (coupled)', lambda c: dict(type='Adam', **c)),
     'sgd': Setting('torch SGD, momentum 0.9, L2 wd', '`torch.optim.SGD`, lr 0.01, momentum 0.9, '
                    'L2 wd 1e-4 (not tuned)', None),  # its own lr and decay: optimizer_cfg
+    'yolov5-sgd': Setting("mmyolo's YOLOv5 SGD recipe",
+                          "mmyolo's YOLOv5 recipe: `torch.optim.SGD`, lr 0.01, momentum 0.937, "
+                          'nesterov, L2 wd 5e-4 (scaled by `YOLOv5OptimizerConstructor`), the bias '
+                          'lr warmed down from 0.1 (YOLOv5 configs only)',
+                          lambda c: dict(type='SGD', lr=0.01, momentum=0.937, weight_decay=5e-4,
+                                         nesterov=True),
+                          options=dict(default_hooks=dict(
+                              param_scheduler=dict(warmup_bias_lr=0.1)))),
     'ema': Setting('FAME beta3=beta4=0 (= AdamW)', 'FAME with beta3 = beta4 = 0: mathematically '
                    'AdamW, different floating-point operations',
                    lambda c: dict(type='FAME', **c, beta3=0.0, beta4=0.0)),
@@ -168,10 +178,11 @@ def optimizer_cfg(spec: str, base_optimizer: dict, lr: Optional[float] = None,
 
 
 def setting_options(spec: str) -> dict:
-    """The config keys a setting's dotted overrides set, nested:
-    ``'sgd:a.b=1'`` -> ``{'a': {'b': 1}}``."""
-    nested = {}
-    for key, value in parse_setting(spec)[1].items():
+    """The config keys a setting sets besides its optimizer, its own and its dotted overrides',
+    nested: ``'sgd:a.b=1'`` -> ``{'a': {'b': 1}}``."""
+    name, overrides = parse_setting(spec)
+    nested = copy.deepcopy(SETTINGS[name].options or {})
+    for key, value in overrides.items():
         if '.' in key:
             *parents, leaf = key.split('.')
             node = nested
