@@ -1,9 +1,10 @@
 """YOLOv5 (mmyolo 0.6.0) with FAME, end to end on CPU: the shipped YOLOv5-n FAME config, changed
 only as a user changes it (data paths, classes, a tiny budget) in a child config, trains on the
 demo data with its whole recipe (Mosaic, random affine, albumentations, HSV and flip at 640, the
-EMA of the weights, YOLOv5's parameter scheduler hook), validates, tests and resumes
-bit-identically (weights, FAME state, EMA, schedulers) through this repository's tools and through
-mmyolo's own (`mim train mmyolo`, `mim test mmyolo`).
+EMA of the weights, YOLOv5's parameter scheduler hook), validates and resumes bit-identically
+(weights, FAME state, EMA, schedulers) through this repository's tools/train.py and through
+mmyolo's own (`mim train mmyolo`), and `mim test mmyolo` tests it (tools/test.py is tested on the
+detection and segmentation smoke runs).
 
 mmyolo 0.6.0 asserts mmcv < 2.1.0 when imported: the torch2.1 stack of tools/setup_env.sh (mmcv
 2.0.1) runs these tests, the other stacks skip them, saying why.
@@ -86,7 +87,7 @@ def stopped_after_epoch(run, epoch, work_dir):
     return str(work_dir)
 
 
-def test_yolov5_n_trains_validates_and_tests_with_fame(yolo_run, tmp_path):
+def test_yolov5_n_trains_and_validates_with_fame(yolo_run):
     log, out = last_log(yolo_run['work_dir']), yolo_run['stdout']
     assert f'Epoch(train) [{EPOCHS}][{ITERS}/{ITERS}]' in log and "type='FAME'" in log
     assert 'coco/bbox_mAP' in log
@@ -98,9 +99,6 @@ def test_yolov5_n_trains_validates_and_tests_with_fame(yolo_run, tmp_path):
     assert len(groups) == 3 and not any('momentum' in g for g in groups)  # FAME's, not SGD's
     assert all(float(s['step']) == EPOCHS * ITERS for s in ckpt['optimizer']['state'].values())
     assert ckpt['ema_state_dict'] and len(ckpt['meta']['random_states']) == 1
-    out = run_tool([PY, 'tools/test.py', yolo_run['cfg'], final,
-                    '--work-dir', str(tmp_path / 'test')], env=rank_env())
-    assert 'Load checkpoint from' in out and 'coco/bbox_mAP' in out
 
 
 def test_yolov5_n_preempted_inside_an_epoch_resumes_bit_identically(yolo_run, tmp_path):
