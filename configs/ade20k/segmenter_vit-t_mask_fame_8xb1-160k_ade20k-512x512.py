@@ -2,8 +2,8 @@
 # SGD. Upstream: SGD lr 1e-3, momentum 0.9, wd 0, PolyLR(power 0.9, eta_min 1e-4). FAME settings
 # are this project's choice, see configs/README.md: lr 1e-4 (the authors' FAME lr for DeepLabV3+,
 # near mmseg's AdamW ViT recipes' 6e-5); wd stays 0 as in the upstream Segmenter recipe. The poly
-# schedule is rescaled with the lr (upstream eta_min 1e-4 would be the full new lr) and gets the
-# 1500-iter linear warm-up of mmseg's AdamW recipes.
+# schedule's floor keeps its ratio to the lr (upstream eta_min 1e-4 would be the full new lr), and
+# it gets the 1500-iter linear warm-up of mmseg's AdamW recipes.
 _base_ = 'mmseg::segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['mmfame'], allow_failed_imports=False)
@@ -25,7 +25,7 @@ param_scheduler = [
         type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(
         type='PolyLR',
-        eta_min=1e-6,  # 1% of lr (upstream: eta_min 1e-4 = 10% of its lr 1e-3)
+        eta_min=1e-5,  # 10% of lr, the upstream eta_min/lr ratio (1e-4 / 1e-3)
         power=0.9,
         begin=1500,
         end=160000,
