@@ -27,12 +27,10 @@ import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
-from mmengine.logging import print_log
-
 import mmfame  # noqa: F401  (registers FAME)
 from mmfame.engine import asks_for_zero
 from mmfame.runtime import (add_custom_hooks, build_runner, check_work_dir, drop_custom_hooks,
-                            finalize_distributed, resume_checkpoint, setup_cpu_distributed,
+                            finalize_distributed, resume_checkpoint, setup_cpu_distributed, use_amp,
                             use_atomic_checkpoints, use_resumable_strategy)
 from mmfame.runtime.lease import hold_run_lease
 
@@ -118,16 +116,7 @@ def main():
 
     # enable automatic-mixed-precision training
     if args.amp is True:
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper == 'AmpOptimWrapper':
-            print_log('AMP training is already enabled in your config.', logger='current')
-        elif wrapper != 'OptimWrapper':  # mmdet asserts this: another wrapper is not replaced
-            raise ValueError(f'--amp turns optim_wrapper.type OptimWrapper into AmpOptimWrapper, '
-                             f'got optim_wrapper.type={wrapper!r}: enable mixed precision in '
-                             'that wrapper (or its AMP variant) in the config instead of --amp')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+        use_amp(cfg)
 
     # enable automatically scaling LR
     if args.auto_scale_lr:

@@ -21,11 +21,12 @@ from .dist import finalize_distributed, setup_cpu_distributed
 from .fileio import check_work_dir, use_atomic_checkpoints
 from .preemption import PREEMPTED_EXIT, PREEMPTION_RECORD, Preempted, PreemptionHook
 from .resume import resume_checkpoint
-from .runners import add_custom_hooks, build_runner, drop_custom_hooks, use_resumable_strategy
+from .runners import (add_custom_hooks, build_runner, drop_custom_hooks, use_amp,
+                      use_resumable_strategy)
 from .strategies import DDPStrategy, FSDPStrategy
 
 __all__ = ['PreemptionHook', 'Preempted', 'PREEMPTED_EXIT', 'PREEMPTION_RECORD',
            'WeightsOnlyLoadHook', 'checkpoint_allowlist', 'DDPStrategy', 'FSDPStrategy',
            'resume_checkpoint', 'add_custom_hooks', 'drop_custom_hooks', 'use_resumable_strategy',
            'build_runner', 'check_work_dir', 'use_atomic_checkpoints', 'setup_cpu_distributed',
-           'finalize_distributed']
+           'finalize_distributed', 'use_amp']

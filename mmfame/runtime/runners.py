@@ -18,6 +18,23 @@ def build_runner(cfg):
     return RUNNERS.build(cfg)
 
 
+def use_amp(cfg) -> None:
+    """``--amp`` as mmdet's and mmseg's tools do it: ``OptimWrapper`` -> ``AmpOptimWrapper``
+    with a dynamic loss scale; a config that has it already is left alone, another wrapper is
+    refused (it is not replaced)."""
+    from mmengine.logging import print_log
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper == 'AmpOptimWrapper':
+        print_log('AMP training is already enabled in your config.', logger='current')
+    elif wrapper != 'OptimWrapper':
+        raise ValueError(f'--amp turns optim_wrapper.type OptimWrapper into AmpOptimWrapper, '
+                         f'got optim_wrapper.type={wrapper!r}: enable mixed precision in that '
+                         'wrapper (or its AMP variant) in the config instead of --amp')
+    else:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
 def _hook_name(hook) -> str:
     """A ``custom_hooks`` entry's class name, whatever the scope prefix (``'mmfame.X'`` -> X)."""
     kind = hook.get('type') if isinstance(hook, dict) else type(hook)

@@ -1,0 +1,199 @@
+"""The LR range test (mmfame/engine/lr_finder.py, tools/analysis_tools/lr_finder.py).
+
+* The curve analysis, as tables: smoothing, the divergence stop, each rule's suggestion, and the
+  refusals (too few points, unknown rule, bad bounds).
+* The sweep's config: an exponential lr from start to end over an iteration loop, no
+  validation, no checkpoints, the recipe's own lr hook replaced, the preemption hook dropped.
+* In process, on a toy model with plain SGD (any optimizer): the model and optimizer state are
+  given back, the lrs are the exponential sweep, the files are written to the sweep's work dir.
+* End to end (slow) on the demo detector and segmentor: one process, with ``--apply`` into a
+  converted config; two gloo ranks under torchrun that diverge and must stop together.
+"""
+import json
+import math
+import os
+import os.path as osp
+
+import pytest
+
+pytest.importorskip('mmengine', reason='mmengine is not installed')
+
+import e2e  # noqa: E402
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+
+from mmfame.engine.lr_finder import (RULES, diverged, range_test_config, smooth,  # noqa: E402
+                                     suggest)
+
+LRS = [10**(-6 + 5 * i / 49) for i in range(50)]  # 1e-6 .. 1e-1
+VALLEY = [2 - math.tanh(math.log10(lr) + 3.5) + (max(0, math.log10(lr) + 2))**2 * 20
+          for lr in LRS]  # falls around 3e-4, lowest near 1e-2, then explodes
+
+
+def test_smoothing_is_bias_corrected():
+    assert smooth([3.0] * 5) == pytest.approx([3.0] * 5)
+    assert smooth([1.0, 3.0], beta=0.5) == pytest.approx([1.0, (0.5 * 0.5 + 0.5 * 3.0) / 0.75])
+
+
+@pytest.mark.parametrize('curve,expected', [([1.0, 1.0, 3.9], False), ([1.0, 1.0, 4.1], True),
+                                            ([1.0, float('nan')], True),
+                                            ([1.0, float('inf')], True)])
+def test_divergence(curve, expected):
+    assert diverged(curve) is expected
+
+
+@pytest.mark.parametrize('rule,low,high', [('min/10', 5e-4, 2e-3), ('steepest', 1e-4, 1e-3)])
+def test_rules_pick_from_the_valley(rule, low, high):
+    lr, why = suggest(LRS, smooth(VALLEY, beta=0.5), rule)
+    assert low < lr < high and RULES[rule] in why
+
+
+@pytest.mark.parametrize('lrs,curve,rule,words', [
+    (LRS[:2], VALLEY[:2], 'min/10', 'too few'),
+    (LRS, VALLEY, 'valley', "known rules"),
+    (LRS[:5], [1.0, 2.0, 3.0, 4.0, 5.0], 'steepest', 'no descent'),
+])
+def test_suggest_refuses(lrs, curve, rule, words):
+    with pytest.raises(ValueError, match=words):
+        suggest(lrs, curve, rule)
+
+
+def _recipe(**extra):
+    return Config(dict(
+        optim_wrapper=dict(optimizer=dict(type='FAME', lr=1e-3)), train_cfg=dict(max_epochs=3),
+        val_dataloader=dict(batch_size=1), val_cfg=dict(), param_scheduler=[dict(type='MultiStepLR')],
+        default_hooks=dict(param_scheduler=dict(type='YOLOv5ParamSchedulerHook'),
+                           checkpoint=dict(type='CheckpointHook', interval=1)),
+        custom_hooks=[dict(type='EMAHook'), dict(type='mmfame.PreemptionHook')], **extra))
+
+
+def test_sweep_config():
+    cfg = _recipe(resume=True)
+    range_test_config(cfg, start_lr=1e-6, end_lr=1.0, num_iters=61, rule='min/10',
+                      work_dir='w')
+    assert cfg.optim_wrapper.optimizer.lr == 1e-6 and cfg.resume is False and cfg.work_dir == 'w'
+    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=61, val_interval=62)
+    assert cfg.val_dataloader is None and cfg.val_cfg is None
+    (sched, ) = cfg.param_scheduler
+    assert sched['type'] == 'ExponentialLR' and sched['gamma']**60 == pytest.approx(1e6)
+    assert cfg.default_hooks.param_scheduler == dict(type='ParamSchedulerHook')
+    assert cfg.default_hooks.checkpoint is None and cfg.default_hooks.logger.interval == 1
+    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'mmfame.LRRangeTestHook']
+
+
+@pytest.mark.parametrize('kwargs,words', [
+    (dict(start_lr=1.0, end_lr=1e-3), 'start_lr < end_lr'),
+    (dict(num_iters=2), 'at least 3'),
+    (dict(rule='fastest'), 'known rules'),
+])
+def test_sweep_config_refuses(kwargs, words):
+    args = dict(start_lr=1e-6, end_lr=1.0, num_iters=10, rule='min/10', work_dir='w')
+    with pytest.raises(ValueError, match=words):
+        range_test_config(_recipe(), **{**args, **kwargs})
+
+
+class ToyModel(torch.nn.Module):
+    """An mmengine model: a linear regression whose loss train_step returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, inputs, targets, mode='loss'):
+        return dict(loss=((self.linear(inputs) - targets)**2).mean())
+
+    def train_step(self, data, optim_wrapper):
+        losses = self(**data)
+        optim_wrapper.update_params(losses['loss'])
+        return dict(loss=losses['loss'].detach())
+
+
+def test_in_process_sweep_gives_the_model_back(tmp_path):
+    """Any optimizer (torch SGD here), in process: the model's weights and the optimizer state
+    after the sweep are those before it; the recorded lrs are the exponential sweep."""
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    data = [dict(inputs=x[i:i + 8], targets=x[i:i + 8].sum(1, keepdim=True)) for i in
+            range(0, 64, 8)]
+    cfg = Config(dict(
+        work_dir=str(tmp_path / 'sweep'),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        default_hooks=dict(), train_cfg=dict(by_epoch=True, max_epochs=1)))
+    range_test_config(cfg, start_lr=1e-4, end_lr=10.0, num_iters=20, rule='min/10',
+                      work_dir=cfg.work_dir)
+    runner = Runner(model=ToyModel(), train_dataloader=DataLoader(data, collate_fn=lambda b: b[0]),
+                    **{k: v for k, v in cfg.items() if v is not None})
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    runner.train()
+    hook = next(h for h in runner.hooks if type(h).__name__ == 'LRRangeTestHook')
+    for key, value in runner.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not runner.optim_wrapper.optimizer.state  # no momentum buffers left behind
+    lrs = [c['lr'] for c in hook.result['curve']]
+    assert lrs[0] == pytest.approx(1e-4)
+    assert all(b / a == pytest.approx(1e5**(1 / 19)) for a, b in zip(lrs, lrs[1:]))
+    assert hook.result['optimizer'] == 'SGD'
+    for name in ('lr_finder.json', 'lr_finder.csv', 'lr_finder.png'):
+        assert osp.isfile(osp.join(cfg.work_dir, name)), name
+
+
+# ------------------------------------------------------------------------------ end to end
+def _finder(cfg, work, *args):
+    pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
+    return [e2e.PY, 'tools/analysis_tools/lr_finder.py', str(cfg), '--work-dir', str(work),
+            *args]
+
+
+def _result(work, num_iters, start_lr, end_lr):
+    with open(osp.join(work, 'lr_finder.json')) as f:
+        result = json.load(f)
+    lrs = [c['lr'] for c in result['curve']]
+    assert 3 <= len(lrs) <= num_iters and lrs[0] == pytest.approx(start_lr)
+    ratio = (end_lr / start_lr)**(1 / (num_iters - 1))
+    assert all(b / a == pytest.approx(ratio) for a, b in zip(lrs, lrs[1:]))
+    assert osp.isfile(osp.join(work, 'lr_finder.png')) and osp.isfile(osp.join(work,
+                                                                           'lr_finder.csv'))
+    assert not [n for n in os.listdir(work) if n.endswith('.pth')]  # no checkpoints
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task', ['detection', 'segmentation'])
+def test_sweep_one_process(task, demo_data, tmp_path):
+    """The demo config converted-style (its lr in one base_lr line): 8 iterations, a log line per
+    iteration with the smoothed loss, the curve and plot, the suggestion written by --apply."""
+    base = e2e.DET_CFG if task == 'detection' else e2e.SEG_CFG
+    delta = tmp_path / 'fame.py'
+    delta.write_text(f'_base_ = {base!r}\nbase_lr = 0.001\n'
+                     'optim_wrapper = dict(optimizer=dict(lr=base_lr))\n')
+    work = tmp_path / 'sweep'
+    out = e2e.run_tool(_finder(delta, work, '--num-iters', '8', '--start-lr', '1e-5', '--end-lr',
+                               '0.1', '--apply')
+                       + e2e.cfg_options(base, demo_data, max_iters=8, ckpt_interval=8, size=64))
+    result = _result(str(work), 8, 1e-5, 0.1)
+    steps = [line for line in out.splitlines() if 'Iter(train) [' in line]
+    assert len(steps) == len(result['curve']) and all('smoothed_loss' in s for s in steps)
+    lr = result['suggested_lr']
+    assert 1e-6 <= lr <= 0.1 and result['rule'] == 'min/10' and result['world_size'] == 1
+    cfg = Config.fromfile(str(delta), import_custom_modules=False)
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(lr, rel=1e-5)
+    assert f'set base_lr = {lr:.3g}' in out
+
+
+@pytest.mark.slow
+def test_sweep_two_ranks_stop_together(demo_data, tmp_path):
+    """torchrun, 2 gloo ranks, an lr range made to diverge: the ranks average the loss, so they
+    stop at the same iteration (a rank that went on would wait for the other in DDP's gradient
+    all-reduce, and the run would not end); rank 0 writes the result."""
+    work = tmp_path / 'sweep'
+    cmd = [e2e.PY, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+           str(e2e.free_port())] + _finder(e2e.DET_CFG, work, '--launcher', 'pytorch',
+                                           '--num-iters', '16', '--start-lr', '1e-3',
+                                           '--end-lr', '1e4')[1:]
+    e2e.run_tool(cmd + e2e.cfg_options(e2e.DET_CFG, demo_data, max_iters=16, ckpt_interval=16,
+                                       size=64), timeout=600)
+    result = _result(str(work), 16, 1e-3, 1e4)
+    assert result['world_size'] == 2
+    assert result['stopped'].startswith('diverged') and len(result['curve']) < 16
