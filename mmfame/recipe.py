@@ -20,12 +20,15 @@ from typing import Any, List, NamedTuple, Optional
 
 from mmfame.optim.fame import DEFAULTS
 
-__all__ = ['RecipeError', 'Conversion', 'convert', 'render', 'write_lr', 'BASE_LR']
+__all__ = ['RecipeError', 'Conversion', 'convert', 'render', 'write_lr', 'differences',
+           'BASE_LR', 'COMPARED']
 
 BASE_LR = 'base_lr'
 FAME_KEYS = dict(betas=DEFAULTS['betas'], beta3=DEFAULTS['beta3'], beta4=DEFAULTS['beta4'],
                  eps=DEFAULTS['eps'])
 HOOKS = [dict(type='mmfame.PreemptionHook'), dict(type='mmfame.WeightsOnlyLoadHook')]
+COMPARED = ('optim_wrapper', 'optimizer', 'param_scheduler', 'default_hooks', 'custom_hooks',
+            'custom_imports', 'train_dataloader.collate_fn')  # what a conversion decides
 
 
 class SGDRule(NamedTuple):
@@ -273,12 +276,12 @@ def convert(cfg, base: str, *, lr: Optional[float] = None,
     if schedulers is not None:
         keys['param_scheduler'] = schedulers
     hook = cfg.get('default_hooks', {}).get('param_scheduler', {})
-    if _bare(_type(hook)) == 'YOLOv5ParamSchedulerHook' and kind == 'SGD' and hook.get(
-            'warmup_bias_lr'):
+    bias_lr = hook.get('warmup_bias_lr', 0.1)  # 0.1: YOLOv5ParamSchedulerHook's default
+    if _bare(_type(hook)) == 'YOLOv5ParamSchedulerHook' and kind == 'SGD' and bias_lr:
         keys['default_hooks'] = dict(param_scheduler=dict(warmup_bias_lr=0.0))
-        rules.append(f'YOLOv5ParamSchedulerHook.warmup_bias_lr {hook["warmup_bias_lr"]:g} -> 0: '
-                     f'an absolute bias lr ({hook["warmup_bias_lr"] / old["lr"]:g} x SGD\'s lr); '
-                     'the bias lr warms up from 0 like the others')
+        rules.append(f'YOLOv5ParamSchedulerHook.warmup_bias_lr {bias_lr:g} -> 0: an absolute '
+                     f"bias lr ({bias_lr / old['lr']:g} x SGD's lr); the bias lr warms up from 0 "
+                     'like the others')
     collate = cfg.get('train_dataloader', {}).get('collate_fn')
     if scope == 'mmyolo' and isinstance(collate, dict) and '_scope_' in collate:
         keys['train_dataloader'] = dict(collate_fn=dict(_delete_=True, type=collate['type']))
@@ -353,3 +356,32 @@ def write_lr(path: str, lr: float, why: str) -> None:
     with open(tmp, 'w') as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _get(cfg, dotted: str):
+    for key in dotted.split('.'):
+        cfg = cfg.get(key) if hasattr(cfg, 'get') else None
+    return cfg
+
+
+def _diff(got, want, where: str) -> List[str]:
+    if isinstance(want, dict) and isinstance(got, dict):  # _scope_: where mmengine read a dict
+        got, want = ({k: v for k, v in d.items() if k != '_scope_'} for d in (got, want))
+        if set(got) != set(want):
+            return [f'{where}: keys {sorted(got)} != {sorted(want)}']
+        return [d for k in want for d in _diff(got[k], want[k], f'{where}.{k}')]
+    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+        if len(got) != len(want):
+            return [f'{where}: {got!r} != {want!r}']
+        return [d for i, (g, w) in enumerate(zip(got, want)) for d in _diff(g, w, f'{where}[{i}]')]
+    if isinstance(want, float) or isinstance(got, float):
+        same = isinstance(got, (int, float)) and isinstance(want, (int, float)) and math.isclose(
+            got, want, rel_tol=1e-9)
+        return [] if same else [f'{where}: {got!r} != {want!r}']
+    return [] if got == want else [f'{where}: {got!r} != {want!r}']
+
+
+def differences(got, want, keys=COMPARED) -> List[str]:
+    """Where two loaded configs differ in ``keys`` (dotted): floats compared to 1e-9, the
+    ``_scope_`` mmengine adds to a base's dicts ignored."""
+    return [d for key in keys for d in _diff(_get(got, key), _get(want, key), key)]

@@ -20,38 +20,12 @@ from mmengine.config import Config  # noqa: E402
 
 from mmfame.experiments.configs import load_config  # noqa: E402
 from mmfame.experiments.upstream import upstream_base  # noqa: E402
-from mmfame.recipe import RecipeError, convert, render, write_lr  # noqa: E402
+from mmfame.recipe import RecipeError, convert, differences, render, write_lr  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHIPPED = sorted(glob.glob(osp.join(REPO, 'configs', 'coco', '*.py'))
                  + glob.glob(osp.join(REPO, 'configs', 'ade20k', '*.py'))
                  + glob.glob(osp.join(REPO, 'configs', 'mmyolo', '*_coco.py')))
-COMPARED = ('optim_wrapper', 'optimizer', 'param_scheduler', 'default_hooks', 'custom_hooks',
-            'custom_imports', 'train_dataloader.collate_fn')
-
-
-def _get(cfg, dotted):
-    for key in dotted.split('.'):
-        cfg = cfg.get(key) if hasattr(cfg, 'get') else None
-    return cfg
-
-
-def assert_same(got, want, where):
-    if isinstance(want, dict) and isinstance(got, dict):  # _scope_: where mmengine read a dict
-        got, want = ({k: v for k, v in d.items() if k != '_scope_'} for d in (got, want))
-        assert set(got) == set(want), f'{where}: keys {sorted(got)} != {sorted(want)}'
-        for key in want:
-            assert_same(got[key], want[key], f'{where}.{key}')
-    elif isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
-        assert len(got) == len(want), f'{where}: {got} != {want}'
-        for i, (g, w) in enumerate(zip(got, want)):
-            assert_same(g, w, f'{where}[{i}]')
-    elif isinstance(want, float) or isinstance(got, float):
-        assert math.isclose(got, want, rel_tol=1e-9), f'{where}: {got} != {want}'
-    else:
-        assert got == want, f'{where}: {got!r} != {want!r}'
-
-
 def converted(base, tmp_path, **kwargs):
     conversion = convert(load_config(base), base, **kwargs)
     path = tmp_path / 'fame.py'
@@ -66,9 +40,21 @@ def test_converting_the_upstream_base_gives_the_shipped_config(config, tmp_path)
         pytest.importorskip('mmyolo', reason='the mmyolo:: base ships inside mmyolo')
     _, path = converted(base, tmp_path)
     got, want = load_config(str(path)), load_config(config)
-    assert _get(want, 'optim_wrapper.optimizer.type') == 'FAME'  # the lookup reads the config
-    for key in COMPARED:
-        assert_same(_get(got, key), _get(want, key), key)
+    assert want.optim_wrapper.optimizer.type == 'FAME'
+    assert not differences(got, want)
+
+
+def test_differences_are_found():
+    want = Config(dict(optim_wrapper=dict(optimizer=dict(type='FAME', lr=1e-4)),
+                       param_scheduler=[dict(type='PolyLR', eta_min=1e-6, _scope_='mmseg')]))
+    assert not differences(Config(dict(
+        optim_wrapper=dict(optimizer=dict(type='FAME', lr=1e-4 * (1 + 1e-12))),
+        param_scheduler=[dict(type='PolyLR', eta_min=1e-6)])), want)
+    got = Config(dict(optim_wrapper=dict(optimizer=dict(type='FAME', lr=2e-4, eps=1e-8)),
+                      param_scheduler=[dict(type='PolyLR', eta_min=1e-5)]))
+    assert differences(got, want) == [
+        "optim_wrapper.optimizer: keys ['eps', 'lr', 'type'] != ['lr', 'type']",
+        'param_scheduler[0].eta_min: 1e-05 != 1e-06']
 
 
 def test_lr_and_its_floors_move_together(tmp_path):

@@ -33,18 +33,19 @@ REPRODUCE = osp.join(REPO, 'tools', 'reproduce.py')
 COCO_RETINANET = 'configs/coco/retinanet_r50_fpn_fame_8xb2-1x_coco.py'
 ADE_SEGFORMER = 'configs/ade20k/segformer_mit-b0_fame_8xb2-160k_ade20k-512x512.py'
 DEMO = [osp.relpath(DET_CFG, REPO), osp.relpath(SEG_CFG, REPO)]
+DEMO_GROUP = DEMO + ['configs/demo/yolox_tiny_fame_1xb8-300i_demo-coco.py']
 QUICK = 8  # iterations per end-to-end run; checkpoints every QUICK // 4
 
 
 # ----------------------------------------------------------------------- choosing configs
 SELECT_CASES = {  # id: (specs, configs that must be chosen, count or None)
-    'group': (['demo'], DEMO, 2),
+    'group': (['demo'], DEMO_GROUP, 3),
     'two_groups': (['coco', 'ade20k'], [COCO_RETINANET, ADE_SEGFORMER], 17),
     'stem': (['retinanet_r50_fpn_fame_8xb2-1x_coco'], [COCO_RETINANET], 1),
     'file_name': (['retinanet_r50_fpn_fame_8xb2-1x_coco.py'], [COCO_RETINANET], 1),
     'path': ([COCO_RETINANET], [COCO_RETINANET], 1),
     'glob': (['*segformer*'], [ADE_SEGFORMER], None),
-    'deduplicated': (['demo', DEMO[0]], DEMO, 2),
+    'deduplicated': (['demo', DEMO[0]], DEMO_GROUP, 3),
     'mmyolo': (['mmyolo'], ['configs/mmyolo/yolov5_n-v61_fame_syncbn_fast_8xb16-300e_coco.py',
                             'configs/mmyolo/yolov5_s-v61_fame_syncbn_fast_8xb16-300e_coco.py'], 2),
 }
