@@ -22,8 +22,8 @@ import e2e  # noqa: E402
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from mmfame.engine.lr_finder import (RULES, diverged, range_test_config, smooth,  # noqa: E402
-                                     suggest)
+from mmfame.engine.lr_finder import (RULES, boundary_warning, diverged,  # noqa: E402
+                                     range_test_config, smooth, suggest)
 
 LRS = [10**(-6 + 5 * i / 49) for i in range(50)]  # 1e-6 .. 1e-1
 VALLEY = [2 - math.tanh(math.log10(lr) + 3.5) + (max(0, math.log10(lr) + 2))**2 * 20
@@ -56,6 +56,18 @@ def test_rules_pick_from_the_valley(rule, low, high):
 def test_suggest_refuses(lrs, curve, rule, words):
     with pytest.raises(ValueError, match=words):
         suggest(lrs, curve, rule)
+
+
+@pytest.mark.parametrize('curve,warns', [
+    (VALLEY, False),  # turned up and diverged
+    ([3.0 - i / 50 for i in range(50)], True),  # still falling at the end
+    ([3.0 - i / 50 for i in range(40)] + [2.3 + i / 4 for i in range(10)], False),  # turned up
+])
+def test_warns_when_the_curve_never_turned_up(curve, warns):
+    warning = boundary_warning(LRS, smooth(curve))
+    assert (warning is not None) is warns
+    if warns:
+        assert 'iteration 50 of 50' in warning and '--end-lr' in warning
 
 
 def _recipe(**extra):

@@ -12,6 +12,7 @@ smoothed loss diverges, gives the model and optimizer back as they were, and wri
 import copy
 import csv
 import json
+import logging
 import math
 import os.path as osp
 import time
@@ -72,6 +73,21 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], rule: str) -> Tuple
         return lrs[best], (f'{RULES[rule]}: slope {slopes[best]:.3g} per e-fold of lr at lr '
                            f'{lrs[best]:.3g} (iteration {best + 1})')
     raise ValueError(f'rule={rule!r}: known rules are {", ".join(RULES)}')
+
+
+def boundary_warning(lrs: Sequence[float], smoothed: Sequence[float]) -> Optional[str]:
+    """A warning where the smoothed loss is lowest in the last tenth of a sweep that did not
+    diverge: the curve never turned up, so no rule saw where the lr stops helping."""
+    finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]
+    if not finite or diverged(smoothed):
+        return None
+    low = min(finite, key=lambda i: smoothed[i])
+    if low < 0.9 * len(smoothed):
+        return None
+    return (f'the smoothed loss was still at its lowest near the end of the sweep (iteration '
+            f'{low + 1} of {len(smoothed)}, lr {lrs[low]:.3g}): it never turned up, so the '
+            'suggestion is where the sweep ended, not where the lr stops helping; raise --end-lr '
+            'or read the curve before using it')
 
 
 def range_test_config(cfg, *, start_lr: float, end_lr: float, num_iters: int, rule: str,
@@ -158,8 +174,9 @@ class LRRangeTestHook(Hook):
             except ValueError as e:  # written down, not raised: the curve is still worth having
                 suggestions[rule] = (None, f'no suggestion: {e}')
         lr, why = suggestions[self.rule]
+        warning = boundary_warning(self.lrs, smoothed)
         self.result = dict(
-            suggested_lr=lr, rule=self.rule, why=why,
+            suggested_lr=lr, rule=self.rule, why=why, warning=warning,
             suggestions={rule: value for rule, (value, _) in suggestions.items()},
             stopped=self.stopped, start_lr=self.start_lr, end_lr=self.end_lr,
             num_iters=self.num_iters, world_size=get_world_size(),
@@ -172,6 +189,8 @@ class LRRangeTestHook(Hook):
             picked = f'suggested lr {lr:.3g} ({why})' if lr else why
             print_log(f'LR range test: {self.stopped}; {picked}; curve and plot in '
                       f'{runner.work_dir}/lr_finder.{{json,csv,png}}', logger='current')
+            if warning:
+                print_log(f'LR range test: {warning}', logger='current', level=logging.WARNING)
 
 
 def write_result(result: dict, out_dir: str) -> None:
