@@ -112,6 +112,7 @@ class ToyModel(torch.nn.Module):
         self.linear = torch.nn.Linear(4, 1)
 
     def forward(self, inputs, targets, mode='loss'):
+        inputs, targets = (t.to(self.linear.weight.device) for t in (inputs, targets))
         return dict(loss=((self.linear(inputs) - targets)**2).mean())
 
     def train_step(self, data, optim_wrapper):
@@ -120,19 +121,21 @@ class ToyModel(torch.nn.Module):
         return dict(loss=losses['loss'].detach())
 
 
-def test_in_process_sweep_gives_the_model_back(tmp_path):
-    """Any optimizer (torch SGD here), in process: the model's weights and the optimizer state
-    after the sweep are those before it; the recorded lrs are the exponential sweep."""
+def _toy_sweep(work_dir, amp=False):
+    """A 20-iteration sweep of the toy model with torch SGD (momentum), in this process."""
     from mmengine.runner import Runner
     from torch.utils.data import DataLoader
+
+    from mmfame.runtime import use_amp
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     data = [dict(inputs=x[i:i + 8], targets=x[i:i + 8].sum(1, keepdim=True)) for i in
             range(0, 64, 8)]
     cfg = Config(dict(
-        work_dir=str(tmp_path / 'sweep'),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        work_dir=work_dir, optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         default_hooks=dict(), train_cfg=dict(by_epoch=True, max_epochs=1)))
+    if amp:
+        use_amp(cfg)
     range_test_config(cfg, start_lr=1e-4, end_lr=10.0, num_iters=20, rule='min/10',
                       work_dir=cfg.work_dir)
     runner = Runner(model=ToyModel(), train_dataloader=DataLoader(data, collate_fn=lambda b: b[0]),
@@ -146,9 +149,24 @@ def test_in_process_sweep_gives_the_model_back(tmp_path):
     lrs = [c['lr'] for c in hook.result['curve']]
     assert lrs[0] == pytest.approx(1e-4)
     assert all(b / a == pytest.approx(1e5**(1 / 19)) for a, b in zip(lrs, lrs[1:]))
-    assert hook.result['optimizer'] == 'SGD'
+    return hook.result
+
+
+def test_in_process_sweep_gives_the_model_back(tmp_path):
+    """Any optimizer (torch SGD here), in process: the model's weights and the optimizer state
+    after the sweep are those before it; the recorded lrs are the exponential sweep."""
+    result = _toy_sweep(str(tmp_path / 'sweep'))
+    assert result['optimizer'] == 'SGD'
     for name in ('lr_finder.json', 'lr_finder.csv', 'lr_finder.png'):
-        assert osp.isfile(osp.join(cfg.work_dir, name)), name
+        assert osp.isfile(osp.join(tmp_path, 'sweep', name)), name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='AmpOptimWrapper needs a GPU')
+def test_in_process_sweep_under_amp(tmp_path):
+    """--amp's wrapper on a GPU: the sweep runs in mixed precision, the model is given back."""
+    result = _toy_sweep(str(tmp_path / 'sweep'), amp=True)
+    assert all(math.isfinite(c['loss']) for c in result['curve'][:10])
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -209,3 +227,22 @@ def test_sweep_two_ranks_stop_together(demo_data, tmp_path):
     result = _result(str(work), 16, 1e-3, 1e4)
     assert result['world_size'] == 2
     assert result['stopped'].startswith('diverged') and len(result['curve']) < 16
+
+
+@pytest.mark.parametrize('wrapper,expected', [
+    (dict(type='OptimWrapper'), dict(type='AmpOptimWrapper', loss_scale='dynamic')),
+    (dict(), dict(type='AmpOptimWrapper', loss_scale='dynamic')),
+    (dict(type='AmpOptimWrapper', loss_scale=512.), dict(type='AmpOptimWrapper', loss_scale=512.)),
+    (dict(type='MyWrapper'), "optim_wrapper.type='MyWrapper'"),
+])
+def test_amp_as_train_py_does_it(wrapper, expected):
+    """--amp of lr_finder.py and train.py (mmfame.runtime.use_amp); AmpOptimWrapper itself
+    needs a GPU, so the sweep under --amp runs on GPU machines only."""
+    from mmfame.runtime import use_amp
+    cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type='FAME'), **wrapper)))
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected.replace('(', r'\(')):
+            use_amp(cfg)
+        return
+    use_amp(cfg)
+    assert {k: v for k, v in cfg.optim_wrapper.items() if k != 'optimizer'} == expected
