@@ -6,8 +6,9 @@
   validation, no checkpoints, the recipe's own lr hook replaced, the preemption hook dropped.
 * In process, on a toy model with plain SGD (any optimizer): the model and optimizer state are
   given back, the lrs are the exponential sweep, the files are written to the sweep's work dir.
-* End to end (slow) on the demo detector and segmentor: one process, with ``--apply`` into a
-  converted config; two gloo ranks under torchrun that diverge and must stop together.
+* End to end (slow) on the demo detector and segmentor: their AdamW twins converted by
+  convert_recipe.py, then swept on one process with ``--apply``; two gloo ranks under torchrun
+  that diverge and must stop together.
 """
 import json
 import math
@@ -192,22 +193,25 @@ def _result(work, num_iters, start_lr, end_lr):
 @pytest.mark.slow
 @pytest.mark.parametrize('task', ['detection', 'segmentation'])
 def test_sweep_one_process(task, demo_data, tmp_path):
-    """The demo config converted-style (its lr in one base_lr line): 8 iterations, a log line per
-    iteration with the smoothed loss, the curve and plot, the suggestion written by --apply."""
+    """The two commands of docs/openmmlab.md on the demo config's AdamW twin: convert_recipe.py
+    writes the FAME delta, lr_finder.py --apply sweeps 8 iterations (a log line each, with the
+    smoothed loss; curve and plot in its own work dir) and writes the suggestion into it."""
     base = e2e.DET_CFG if task == 'detection' else e2e.SEG_CFG
     delta = tmp_path / 'fame.py'
-    delta.write_text(f'_base_ = {base!r}\nbase_lr = 0.001\n'
-                     'optim_wrapper = dict(optimizer=dict(lr=base_lr))\n')
+    e2e.run_tool([e2e.PY, 'tools/analysis_tools/convert_recipe.py',
+                  base.replace('_fame_', '_adamw_'), str(delta)])
     work = tmp_path / 'sweep'
     out = e2e.run_tool(_finder(delta, work, '--num-iters', '8', '--start-lr', '1e-5', '--end-lr',
                                '0.1', '--apply')
                        + e2e.cfg_options(base, demo_data, max_iters=8, ckpt_interval=8, size=64))
     result = _result(str(work), 8, 1e-5, 0.1)
+    assert result['optimizer'] == 'FAME' and result['world_size'] == 1
     steps = [line for line in out.splitlines() if 'Iter(train) [' in line]
     assert len(steps) == len(result['curve']) and all('smoothed_loss' in s for s in steps)
     lr = result['suggested_lr']
-    assert 1e-6 <= lr <= 0.1 and result['rule'] == 'min/10' and result['world_size'] == 1
+    assert 1e-6 <= lr <= 0.1 and result['rule'] == 'min/10'
     cfg = Config.fromfile(str(delta), import_custom_modules=False)
+    assert cfg.optim_wrapper.optimizer.type == 'FAME'
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(lr, rel=1e-5)
     assert f'set base_lr = {lr:.3g}' in out
 
