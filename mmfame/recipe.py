@@ -192,6 +192,65 @@ def _schedulers(schedulers, old_lr: float, from_sgd: bool, rules: List[str]):
     return out if changed else None
 
 
+def _from_sgd(cfg, base, scope, lr, weight_decay, gpus, rules):
+    """FAME's optimizer dict, optim_wrapper keys and lr for an SGD recipe."""
+    wrapper = cfg.optim_wrapper
+    old = wrapper.optimizer
+    name, rule = _sgd_rule(cfg, scope) if lr is None or weight_decay is None else (None, None)
+    if lr is not None:
+        rules.append(f'lr {lr:g}: given (--lr)')
+    elif rule.ref_batch:
+        batch = total_batch(cfg, base, gpus)
+        lr = _round(rule.lr * batch / rule.ref_batch)
+        rules.append(f'lr {lr:g}: {rule.lr:g} x total batch {batch} / {rule.ref_batch}, from '
+                     f'{rule.why}')
+    else:
+        lr = rule.lr
+        rules.append(f'lr {lr:g}: {rule.why}')
+    wd = weight_decay
+    if wd is not None:
+        rules.append(f'weight_decay {wd:g}, decoupled: given (--weight-decay)')
+    else:
+        wd = rule.weight_decay if old.get('weight_decay') else 0.0
+        rules.append(f'weight_decay {wd:g}, decoupled: '
+                     + (f'{name} rule' if wd else "the recipe's is 0, kept"))
+    optimizer = dict(_delete_=True, type='FAME', lr=Expr(BASE_LR), **FAME_KEYS, weight_decay=wd)
+    rules.append("optimizer: replaced (_delete_), so SGD's momentum / nesterov cannot reach "
+                 "FAME; betas, beta3, beta4, eps written out at FAME's defaults")
+    if 'batch_size_per_gpu' in old:  # YOLOv5OptimizerConstructor scales the decay by batch
+        batch = total_batch(cfg, base, gpus)
+        scale = batch * max(round(64 / batch), 1) / 64
+        optimizer['weight_decay'] = _round(wd / scale)
+        optimizer['batch_size_per_gpu'] = old['batch_size_per_gpu']
+        rules.append(f'weight_decay written as {optimizer["weight_decay"]:g}: '
+                     f'YOLOv5OptimizerConstructor multiplies it by {scale:g} (total batch '
+                     f'{batch} / 64, with its accumulation) and gives it to conv weights only')
+    wrapper_keys = {}
+    if wd and not wrapper.get('paramwise_cfg') and rule and rule.paramwise_cfg:
+        wrapper_keys['paramwise_cfg'] = dict(rule.paramwise_cfg)
+        rules.append(f'paramwise_cfg {rule.paramwise_cfg}: {name} rule')
+    return optimizer, wrapper_keys, lr
+
+
+def _from_adam(cfg, base, scope, lr, weight_decay, gpus, rules):
+    """FAME's optimizer dict, optim_wrapper keys and lr for an AdamW or Adam recipe: the type
+    changes, everything else is inherited."""
+    old = cfg.optim_wrapper.optimizer
+    kind = _bare(_type(old))
+    optimizer = dict(type='FAME', lr=Expr(BASE_LR))
+    given = lr is not None
+    lr = lr if given else old.get('lr', DEFAULTS['lr'])
+    rules.append(f'optimizer: {kind} -> FAME, keeping its weight decay, betas, eps, clip_grad '
+                 f'and paramwise_cfg; lr {lr:g}' + (' (given, --lr)' if given else ' kept'))
+    if weight_decay is not None:
+        optimizer['weight_decay'] = weight_decay
+        rules.append(f'weight_decay {weight_decay:g}: given (--weight-decay)')
+    if kind == 'Adam' and (weight_decay or old.get('weight_decay')):
+        optimizer['decoupled_weight_decay'] = False
+        rules.append("decoupled_weight_decay=False: Adam's weight_decay is L2 (coupled)")
+    return optimizer, {}, lr
+
+
 def convert(cfg, base: str, *, lr: Optional[float] = None,
             weight_decay: Optional[float] = None, gpus: Optional[int] = None) -> Conversion:
     """The FAME delta over the loaded recipe ``cfg``, written over ``base`` (its ``_base_``).
@@ -213,55 +272,9 @@ def convert(cfg, base: str, *, lr: Optional[float] = None,
     imports = [imports] if isinstance(imports, str) else list(imports)
     keys['custom_imports'] = dict(imports=imports + ['mmfame'] * ('mmfame' not in imports),
                                   allow_failed_imports=False)
-    if kind == 'SGD':
-        name, rule = _sgd_rule(cfg, scope) if lr is None or weight_decay is None else (None, None)
-        new_lr = lr
-        if new_lr is None:
-            new_lr = rule.lr
-            if rule.ref_batch:
-                batch = total_batch(cfg, base, gpus)
-                new_lr = _round(rule.lr * batch / rule.ref_batch)
-                rules.append(f'lr {new_lr:g}: {rule.lr:g} x total batch {batch} / '
-                             f'{rule.ref_batch}, from {rule.why}')
-            else:
-                rules.append(f'lr {new_lr:g}: {rule.why}')
-        else:
-            rules.append(f'lr {new_lr:g}: given (--lr)')
-        wd = weight_decay
-        if wd is None:
-            wd = 0.0 if not old.get('weight_decay') else rule.weight_decay
-            rules.append(f'weight_decay {wd:g}, decoupled: ' + (
-                "the recipe's is 0, kept" if not wd else f'{name} rule'))
-        else:
-            rules.append(f'weight_decay {wd:g}, decoupled: given (--weight-decay)')
-        optimizer = dict(_delete_=True, type='FAME', lr=Expr(BASE_LR), **FAME_KEYS,
-                         weight_decay=wd)
-        rules.append("optimizer: replaced (_delete_), so SGD's momentum / nesterov cannot reach "
-                     'FAME; betas, beta3, beta4, eps written out at FAME\'s defaults')
-        if 'batch_size_per_gpu' in old:  # YOLOv5OptimizerConstructor scales the decay by batch
-            batch = total_batch(cfg, base, gpus)
-            scale = batch * max(round(64 / batch), 1) / 64
-            optimizer['weight_decay'] = _round(wd / scale)
-            optimizer['batch_size_per_gpu'] = old['batch_size_per_gpu']
-            rules.append(f'weight_decay written as {optimizer["weight_decay"]:g}: '
-                         f'YOLOv5OptimizerConstructor multiplies it by {scale:g} (total batch '
-                         f'{batch} / 64, with its accumulation) and gives it to conv weights only')
-        wrapper_keys = {}
-        if wd and not wrapper.get('paramwise_cfg') and rule and rule.paramwise_cfg:
-            wrapper_keys['paramwise_cfg'] = dict(rule.paramwise_cfg)
-            rules.append(f'paramwise_cfg {rule.paramwise_cfg}: {name} rule')
-    else:
-        new_lr = old.get('lr', DEFAULTS['lr']) if lr is None else lr
-        optimizer = dict(type='FAME', lr=Expr(BASE_LR))
-        rules.append(f'optimizer: {kind} -> FAME, keeping its lr {new_lr:g}'
-                     + (' (given, --lr)' if lr is not None else '') +
-                     ', weight decay, betas, eps, clip_grad and paramwise_cfg')
-        if weight_decay is not None:
-            optimizer['weight_decay'] = weight_decay
-        if kind == 'Adam' and (weight_decay or old.get('weight_decay')):
-            optimizer['decoupled_weight_decay'] = False
-            rules.append("decoupled_weight_decay=False: Adam's weight_decay is L2 (coupled)")
-        wrapper_keys = {}
+    convert_optimizer = _from_sgd if kind == 'SGD' else _from_adam
+    optimizer, wrapper_keys, new_lr = convert_optimizer(cfg, base, scope, lr, weight_decay, gpus,
+                                                        rules)
     wrapper_keys.update(constructor_keys)
     top = cfg.get('optimizer')
     if isinstance(top, dict) and top == wrapper['optimizer']:
@@ -289,7 +302,7 @@ def convert(cfg, base: str, *, lr: Optional[float] = None,
                      "_scope_ key mmengine adds to an mmyolo:: base's dicts, which the Runner "
                      'would pass to the function as a keyword')
     hooks = cfg.get('custom_hooks') or []
-    missing = [h for h in HOOKS if h['type'] not in {_type(x) for x in hooks}]
+    missing = [h for h in HOOKS if _bare(h['type']) not in {_bare(_type(x)) for x in hooks}]
     if missing:
         keys['custom_hooks'] = Expr('_base_.custom_hooks + ' + _fmt(missing)) if hooks else missing
         rules.append('custom_hooks: mmfame.PreemptionHook (checkpoint on a stop signal) and '
