@@ -7,8 +7,9 @@
 * In process, on a toy model with plain SGD (any optimizer): the model and optimizer state are
   given back, the lrs are the exponential sweep, the files are written to the sweep's work dir.
 * End to end (slow) on the demo detector and segmentor: their AdamW twins converted by
-  convert_recipe.py, then swept on one process with ``--apply``; two gloo ranks under torchrun
-  that diverge and must stop together.
+  convert_recipe.py, then swept on one process with ``--apply``; two gloo ranks that diverge
+  and must stop together, under torchrun and under Slurm (one rank on each node of the private
+  cluster, as the other Slurm tests: CI=true).
 """
 import json
 import math
@@ -250,3 +251,22 @@ def test_amp_as_train_py_does_it(wrapper, expected):
         return
     use_amp(cfg)
     assert {k: v for k, v in cfg.optim_wrapper.items() if k != 'optimizer'} == expected
+
+
+@pytest.mark.slow
+def test_sweep_under_slurm_on_two_nodes(slurm_cluster, demo_data, tmp_path):
+    """srun, one rank on each node of the private Slurm cluster (mmengine's slurm launcher):
+    the same agreed stop as under torchrun."""
+    work = tmp_path / 'sweep'
+    env = e2e.slurm_env(slurm_cluster['SLURM_CONF'], MASTER_PORT=e2e.free_port(),
+                        OMP_NUM_THREADS=1)
+    srun = ['timeout', '-k', '30', '600', 'srun', '-p', slurm_cluster['partition'],
+            '--gres=gpu:1', '--ntasks=2', '--ntasks-per-node=1', '--cpus-per-task=1',
+            '--kill-on-bad-exit=1']
+    cmd = srun + _finder(e2e.DET_CFG, work, '--launcher', 'slurm', '--num-iters', '16',
+                         '--start-lr', '1e-3', '--end-lr', '1e4')
+    e2e.run_tool(cmd + e2e.cfg_options(e2e.DET_CFG, demo_data, max_iters=16, ckpt_interval=16,
+                                       size=64), env=env, timeout=700)
+    result = _result(str(work), 16, 1e-3, 1e4)
+    assert result['world_size'] == 2
+    assert result['stopped'].startswith('diverged') and len(result['curve']) < 16
