@@ -121,3 +121,15 @@ def test_the_tool_writes_a_delta_and_keeps_an_existing_file(tmp_path):
     assert "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'" in out.read_text()
     again = subprocess.run(tool, capture_output=True, text=True, cwd=REPO)
     assert again.returncode != 0 and '--force' in again.stderr
+
+
+def test_a_constructor_that_builds_by_type_is_kept():
+    """mmpretrain's layer-decay constructor (as its ViT / Swin fine-tuning recipes use it)
+    builds any optimizer type: the conversion changes the type only."""
+    cfg = Config(dict(optim_wrapper=dict(
+        optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05),
+        constructor='LearningRateDecayOptimWrapperConstructor',
+        paramwise_cfg=dict(layer_decay_rate=0.65))))
+    conversion = convert(cfg, 'mmpretrain::vision_transformer/vit-base-p16_ft.py')
+    assert conversion.keys['optim_wrapper'] == dict(optimizer=dict(type='FAME', lr='base_lr'))
+    assert conversion.lr == 4e-3

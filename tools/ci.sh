@@ -7,10 +7,11 @@
 #   torch2.1  the quick tier and the end-to-end smoke: a detector, a segmentor and mmyolo's
 #             YOLOv5-n trained, tested and resumed through tools/ (-m smoke; mmyolo 0.6.0
 #             imports only with this stack's mmcv 2.0.1)
-# The quick tier alone, to check a change: .venv/bin/python -m pytest tests -m "not slow"
+# Each tier prints its 15 slowest tests. The quick tier alone, to check a change:
+#   .venv/bin/python -m pytest tests -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pytest=(-m pytest tests -q -p no:cacheprovider)
+pytest=(-m pytest tests -q -p no:cacheprovider --durations=15)
 bash tools/setup_env.sh default
 .venv/bin/python "${pytest[@]}"
 bash tools/setup_env.sh newest
