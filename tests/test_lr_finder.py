@@ -106,6 +106,28 @@ def test_sweep_config_refuses(kwargs, words):
         range_test_config(_recipe(), **{**args, **kwargs})
 
 
+@pytest.mark.parametrize('setup,args,words', [
+    ('iter_8.pth', [], 'holds checkpoints'),
+    ('last_checkpoint', [], 'holds checkpoints'),
+    ('', ['--apply'], 'no "base_lr = ..." line'),
+])
+def test_the_tool_refuses_before_training(setup, args, words, tmp_path):
+    """A work dir with checkpoints (a training run's) is not written into; --apply on a config
+    without a base_lr line is refused before the sweep, not after it."""
+    pytest.importorskip('mmdet', reason='the demo config is an mmdet config')
+    import runpy
+    work = tmp_path / 'work'
+    work.mkdir()
+    if setup:
+        (work / setup).write_text('')
+    tool = osp.join(e2e.REPO, 'tools', 'analysis_tools', 'lr_finder.py')
+    with pytest.raises(SystemExit) as e:
+        module = runpy.run_path(tool)
+        module['main']([e2e.DET_CFG, '--work-dir', str(work), *args])
+    assert words in str(e.value.code)
+    assert sorted(os.listdir(work)) == ([setup] if setup else [])
+
+
 class ToyModel(torch.nn.Module):
     """An mmengine model: a linear regression whose loss train_step returns."""
 
