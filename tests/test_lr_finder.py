@@ -76,7 +76,7 @@ def _recipe(**extra):
     return Config(dict(
         optim_wrapper=dict(optimizer=dict(type='FAME', lr=1e-3)), train_cfg=dict(max_epochs=3),
         val_dataloader=dict(batch_size=1), val_cfg=dict(), param_scheduler=[dict(type='MultiStepLR')],
-        default_hooks=dict(param_scheduler=dict(type='YOLOv5ParamSchedulerHook'),
+        default_hooks=dict(param_scheduler=dict(type='YOLOv5ParamSchedulerHook', lr_factor=0.01),
                            checkpoint=dict(type='CheckpointHook', interval=1)),
         custom_hooks=[dict(type='EMAHook'), dict(type='mmfame.PreemptionHook')], **extra))
 

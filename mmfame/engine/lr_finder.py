@@ -110,7 +110,7 @@ def range_test_config(cfg, *, start_lr: float, end_lr: float, num_iters: int, ru
     gamma = (end_lr / start_lr)**(1 / (num_iters - 1))
     cfg.param_scheduler = [dict(type='ExponentialLR', gamma=gamma, by_epoch=False, begin=0,
                                 end=num_iters)]
-    hooks = cfg.get('default_hooks') or {}
+    hooks = dict(cfg.get('default_hooks') or {})  # replaced, not merged (ConfigDict.update is)
     hooks.update(param_scheduler=dict(type='ParamSchedulerHook'),  # not a recipe's own lr hook
                  checkpoint=None, logger=dict(type='LoggerHook', interval=1))
     cfg.default_hooks = hooks
