@@ -82,10 +82,11 @@ def _recipe(**extra):
 
 
 def test_sweep_config():
-    cfg = _recipe(resume=True)
+    cfg = _recipe(resume=True, auto_scale_lr=dict(enable=True, base_batch_size=16))
     range_test_config(cfg, start_lr=1e-6, end_lr=1.0, num_iters=61, rule='min/10',
                       work_dir='w')
     assert cfg.optim_wrapper.optimizer.lr == 1e-6 and cfg.resume is False and cfg.work_dir == 'w'
+    assert cfg.auto_scale_lr.enable is False
     assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=61, val_interval=62)
     assert cfg.val_dataloader is None and cfg.val_cfg is None
     (sched, ) = cfg.param_scheduler

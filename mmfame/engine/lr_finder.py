@@ -102,6 +102,8 @@ def range_test_config(cfg, *, start_lr: float, end_lr: float, num_iters: int, ru
     cfg.work_dir = work_dir
     cfg.resume = False  # a sweep starts from the config's weights (load_from), never resumes
     cfg.optim_wrapper.optimizer.lr = start_lr
+    if cfg.get('auto_scale_lr'):  # the recorded lrs are the lrs trained with, unscaled
+        cfg.auto_scale_lr.enable = False
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=num_iters,
                          val_interval=num_iters + 1)
     for key in ('val_dataloader', 'val_cfg', 'val_evaluator', 'test_dataloader', 'test_cfg',
