@@ -353,15 +353,21 @@ def render(conversion: Conversion, source: str) -> str:
 _LR_LINE = re.compile(rf'^{BASE_LR} = [^\n]*$', re.M)
 
 
-def write_lr(path: str, lr: float, why: str) -> None:
-    """Set the ``base_lr = ...`` line of a delta config written by :func:`render` (its absolute
-    lr floors follow, being written as ratios of it)."""
+def check_lr_line(path: str) -> str:
+    """The text of ``path`` if it has the one ``base_lr = ...`` line :func:`write_lr` sets."""
     with open(path) as f:
         text = f.read()
     found = _LR_LINE.findall(text)
     if len(found) != 1:
         raise RecipeError(f'{path}: expected one line "{BASE_LR} = ..." (as convert_recipe.py '
                           f'writes), found {len(found)}: set the lr by hand')
+    return text
+
+
+def write_lr(path: str, lr: float, why: str) -> None:
+    """Set the ``base_lr = ...`` line of a delta config written by :func:`render` (its absolute
+    lr floors follow, being written as ratios of it)."""
+    text = check_lr_line(path)
     if not (math.isfinite(lr) and lr > 0):
         raise RecipeError(f'lr={lr!r}: not a positive finite learning rate')
     text = _LR_LINE.sub(f'{BASE_LR} = {_round(lr)!r}  # {why}', text)

@@ -60,16 +60,21 @@ def test_suggest_refuses(lrs, curve, rule, words):
         suggest(lrs, curve, rule)
 
 
-@pytest.mark.parametrize('curve,warns', [
-    (VALLEY, False),  # turned up and diverged
-    ([3.0 - i / 50 for i in range(50)], True),  # still falling at the end
-    ([3.0 - i / 50 for i in range(40)] + [2.3 + i / 4 for i in range(10)], False),  # turned up
+FALLING = [3.0 - i / 50 for i in range(50)]
+
+
+@pytest.mark.parametrize('curve,threshold,warns', [
+    (VALLEY, 4.0, False),  # turned up and diverged
+    (FALLING, 4.0, True),  # still falling at the end
+    (FALLING[:40] + [2.3 + i / 4 for i in range(10)], 4.0, False),  # turned up
+    (FALLING[:49] + [1e3], 4.0, False),  # diverged at the last iteration
+    (FALLING[:49] + [1e3], 100.0, True),  # not by the hook's own threshold: lowest at 49 of 50
 ])
-def test_warns_when_the_curve_never_turned_up(curve, warns):
-    warning = boundary_warning(LRS, smooth(curve))
+def test_warns_when_the_curve_never_turned_up(curve, threshold, warns):
+    warning = boundary_warning(LRS, smooth(curve), threshold)
     assert (warning is not None) is warns
     if warns:
-        assert 'iteration 50 of 50' in warning and '--end-lr' in warning
+        assert f'of {len(curve)}' in warning and '--end-lr' in warning
 
 
 def _recipe(**extra):
@@ -110,7 +115,7 @@ def test_sweep_config_refuses(kwargs, words):
 @pytest.mark.parametrize('setup,args,words', [
     ('iter_8.pth', [], 'holds checkpoints'),
     ('last_checkpoint', [], 'holds checkpoints'),
-    ('', ['--apply'], 'no "base_lr = ..." line'),
+    ('', ['--apply'], '"base_lr = ..." (as convert_recipe.py writes), found 0'),
 ])
 def test_the_tool_refuses_before_training(setup, args, words, tmp_path):
     """A work dir with checkpoints (a training run's) is not written into; --apply on a config

@@ -75,11 +75,13 @@ def suggest(lrs: Sequence[float], smoothed: Sequence[float], rule: str) -> Tuple
     raise ValueError(f'rule={rule!r}: known rules are {", ".join(RULES)}')
 
 
-def boundary_warning(lrs: Sequence[float], smoothed: Sequence[float]) -> Optional[str]:
+def boundary_warning(lrs: Sequence[float], smoothed: Sequence[float],
+                     threshold: float = DIVERGENCE) -> Optional[str]:
     """A warning where the smoothed loss is lowest in the last tenth of a sweep that did not
-    diverge: the curve never turned up, so no rule saw where the lr stops helping."""
+    diverge (by ``threshold``): the curve never turned up, so no rule saw where the lr stops
+    helping."""
     finite = [i for i, s in enumerate(smoothed) if math.isfinite(s)]
-    if not finite or diverged(smoothed):
+    if not finite or diverged(smoothed, threshold):
         return None
     low = min(finite, key=lambda i: smoothed[i])
     if low < 0.9 * len(smoothed):
@@ -176,7 +178,7 @@ class LRRangeTestHook(Hook):
             except ValueError as e:  # written down, not raised: the curve is still worth having
                 suggestions[rule] = (None, f'no suggestion: {e}')
         lr, why = suggestions[self.rule]
-        warning = boundary_warning(self.lrs, smoothed)
+        warning = boundary_warning(self.lrs, smoothed, self.divergence)
         self.result = dict(
             suggested_lr=lr, rule=self.rule, why=why, warning=warning,
             suggestions={rule: value for rule, (value, _) in suggestions.items()},

@@ -65,9 +65,10 @@ def shipped_table() -> str:
             out = osp.join(tmp, 'fame.py')
             with open(out, 'w') as f:
                 f.write(render(conversion, base))
-            diff = differences(load_config(out), load_config(path))
+            shipped = load_config(path)
+            diff = differences(load_config(out), shipped)
         optimizer = recipe.optim_wrapper.optimizer
-        wd = load_config(path).optim_wrapper.optimizer.get('weight_decay', '')
+        wd = shipped.optim_wrapper.optimizer.get('weight_decay', '')
         rows.append(f"| {name} | `{base}` | {optimizer.type} lr {optimizer.lr:g} | "
                     f'{conversion.lr:g} | {wd} | {len(conversion.rules)} | '
                     + ('yes' if not diff else 'NO: ' + '; '.join(diff)) + ' |')

@@ -27,7 +27,7 @@ from mmengine.config import Config, DictAction
 
 import mmfame  # noqa: F401  (registers FAME and LRRangeTestHook)
 from mmfame.engine.lr_finder import RULES, range_test_config
-from mmfame.recipe import RecipeError, write_lr
+from mmfame.recipe import RecipeError, check_lr_line, write_lr
 from mmfame.runtime import (add_custom_hooks, build_runner, check_work_dir, finalize_distributed,
                             setup_cpu_distributed, use_amp)
 
@@ -69,10 +69,10 @@ def main(argv=None):
                  'LR range test writes its own; pick a new directory')
     check_work_dir(work_dir)
     if args.apply:  # refused now, not after the sweep
-        with open(args.config) as f:
-            if 'base_lr = ' not in f.read():
-                sys.exit(f'--apply: {args.config} has no "base_lr = ..." line (convert_recipe.py '
-                         'writes one); run without --apply and set the lr by hand')
+        try:
+            check_lr_line(args.config)
+        except RecipeError as e:
+            sys.exit(f'--apply: {e}')
     if args.amp:
         use_amp(cfg)
     try:
