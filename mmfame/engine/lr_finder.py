@@ -24,6 +24,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from mmfame.registry import HOOKS
+from mmfame.runtime.runners import drop_custom_hooks
 
 SMOOTHING = 0.98  # EMA factor of the loss (fastai, Lightning)
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this x its minimum (Lightning's threshold)
@@ -119,10 +120,9 @@ def range_test_config(cfg, *, start_lr: float, end_lr: float, num_iters: int, ru
                  checkpoint=None, logger=dict(type='LoggerHook', interval=1))
     cfg.default_hooks = hooks
     cfg.log_processor = dict(type='LogProcessor', window_size=1, by_epoch=False)
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks') or []
-                        if 'PreemptionHook' not in str(h.get('type'))] + [
-        dict(type='mmfame.LRRangeTestHook', start_lr=start_lr, end_lr=end_lr,
-             num_iters=num_iters, rule=rule)]
+    drop_custom_hooks(cfg, 'PreemptionHook')  # a sweep saves nothing, stopped or not
+    cfg.custom_hooks.append(dict(type='mmfame.LRRangeTestHook', start_lr=start_lr, end_lr=end_lr,
+                                 num_iters=num_iters, rule=rule))
 
 
 @HOOKS.register_module()
