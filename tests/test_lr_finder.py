@@ -11,6 +11,7 @@
   and must stop together, under torchrun and under Slurm (one rank on each node of the private
   cluster, as the other Slurm tests: CI=true).
 """
+import importlib.util
 import json
 import math
 import os
@@ -200,8 +201,12 @@ def test_in_process_sweep_under_amp(tmp_path):
 
 
 # ------------------------------------------------------------------------------ end to end
+needs_stack = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ('mmdet', 'mmseg', 'mmcv')),
+    reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
+
+
 def _finder(cfg, work, *args):
-    pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is not installed')
     return [e2e.PY, 'tools/analysis_tools/lr_finder.py', str(cfg), '--work-dir', str(work),
             *args]
 
@@ -220,6 +225,7 @@ def _result(work, num_iters, start_lr, end_lr):
 
 
 @pytest.mark.slow
+@needs_stack
 @pytest.mark.parametrize('task', ['detection', 'segmentation'])
 def test_sweep_one_process(task, demo_data, tmp_path):
     """The two commands of docs/openmmlab.md on the demo config's AdamW twin: convert_recipe.py
@@ -246,6 +252,7 @@ def test_sweep_one_process(task, demo_data, tmp_path):
 
 
 @pytest.mark.slow
+@needs_stack
 def test_sweep_two_ranks_stop_together(demo_data, tmp_path):
     """torchrun, 2 gloo ranks, an lr range made to diverge: the ranks average the loss, so they
     stop at the same iteration (a rank that went on would wait for the other in DDP's gradient
@@ -282,6 +289,7 @@ def test_amp_as_train_py_does_it(wrapper, expected):
 
 
 @pytest.mark.slow
+@needs_stack
 def test_sweep_under_slurm_on_two_nodes(slurm_cluster, demo_data, tmp_path):
     """srun, one rank on each node of the private Slurm cluster (mmengine's slurm launcher):
     the same agreed stop as under torchrun."""
