@@ -6,7 +6,6 @@
 * What no rule converts is refused with the key and its value; Adam's L2 decay stays L2; the
   delta's one ``base_lr`` line moves its lr floors with it (``write_lr``).
 """
-import glob
 import math
 import os.path as osp
 import subprocess
@@ -18,14 +17,11 @@ pytest.importorskip('mmdet', reason='the OpenMMLab stack (mmdet, mmseg, mmcv) is
 
 from mmengine.config import Config  # noqa: E402
 
-from mmfame.experiments.configs import load_config  # noqa: E402
+from mmfame.experiments.configs import REPO, load_config, select_configs  # noqa: E402
 from mmfame.experiments.upstream import upstream_base  # noqa: E402
 from mmfame.recipe import RecipeError, convert, differences, render, write_lr  # noqa: E402
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SHIPPED = sorted(glob.glob(osp.join(REPO, 'configs', 'coco', '*.py'))
-                 + glob.glob(osp.join(REPO, 'configs', 'ade20k', '*.py'))
-                 + glob.glob(osp.join(REPO, 'configs', 'mmyolo', '*_coco.py')))
+SHIPPED = [osp.join(REPO, p) for p in select_configs(('ade20k', 'coco', 'mmyolo'))]
 def converted(base, tmp_path, **kwargs):
     conversion = convert(load_config(base), base, **kwargs)
     path = tmp_path / 'fame.py'

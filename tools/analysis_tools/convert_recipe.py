@@ -15,17 +15,16 @@ The written config is a short ``_base_`` delta; its lr is one line, ``base_lr = 
 ``mmfame/recipe.py``; what they cannot convert is refused with the key, its value and what to do.
 """
 import argparse
-import glob
 import os
 import os.path as osp
 import sys
 import tempfile
 
-from mmfame.experiments.configs import REPO, load_config
+from mmfame.experiments.configs import REPO, load_config, select_configs
 from mmfame.experiments.upstream import upstream_base
 from mmfame.recipe import RecipeError, convert, differences, render
 
-SHIPPED = ('configs/coco/*.py', 'configs/ade20k/*.py', 'configs/mmyolo/*_coco.py')
+SHIPPED = ('ade20k', 'coco', 'mmyolo')  # the shipped recipes' groups (not the demo configs)
 
 
 def parse_args(argv=None):
@@ -52,7 +51,7 @@ def shipped_table() -> str:
     """Each shipped config's upstream base, converted and compared with the shipped config."""
     rows = ['| config | upstream base | recipe | FAME lr | weight decay | rules | same as shipped |',
             '|---|---|---|---|---|---|---|']
-    for path in sorted(p for g in SHIPPED for p in glob.glob(osp.join(REPO, g))):
+    for path in (osp.join(REPO, p) for p in select_configs(SHIPPED)):
         base = upstream_base(path)
         name = osp.relpath(path, REPO)
         try:
